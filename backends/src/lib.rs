@@ -1,0 +1,9 @@
+//! Code shared by the splitvm vhost-user backends (`splitvm-blk`,
+//! `splitvm-net`, `splitvm-input`): the common command line, the one serve
+//! loop every backend runs, and logging setup for the binaries.
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod cli;
+pub mod daemon;
+pub mod logging;

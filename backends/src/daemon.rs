@@ -1,0 +1,228 @@
+//! The one serve loop of every backend: bind the socket (replacing a stale
+//! one), serve one frontend with a [`VhostUserDaemon`], and after it goes
+//! away listen again. SIGTERM or SIGINT ends the loop cleanly: the current
+//! connection is shut down, the vring workers are told to exit through their
+//! exit events and joined, the socket file is removed and [`serve`] returns
+//! `Ok(())`.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+
+use log::{info, warn};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{
+    ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringEpollHandler, VringRwLock,
+};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Errors of the serve loop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The socket could not be bound.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: vhost::vhost_user::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install SIGTERM/SIGINT handlers: {0}")]
+    Signals(#[source] io::Error),
+    /// Creating or waiting on the stop/accept poll set failed.
+    #[error("waiting for a frontend failed: {0}")]
+    Poll(#[source] io::Error),
+    /// The device could not build its per-connection backend.
+    #[error("cannot set up the device for a new frontend: {0}")]
+    Device(#[source] io::Error),
+    /// The vhost-user daemon failed outside a normal disconnect.
+    #[error("vhost-user daemon: {0}")]
+    Daemon(String),
+}
+
+/// A device served by [`serve`]: a [`VhostUserBackend`] with the types the
+/// daemon needs, plus a hook to register its own fds with the vring workers.
+pub trait Device:
+    VhostUserBackend<Bitmap = (), Vring = VringRwLock<GuestMemoryAtomic<GuestMemoryMmap>>>
+    + Clone
+    + 'static
+{
+    /// Called once per connection after the workers exist and before the
+    /// frontend is accepted: register extra fds (completion eventfds, taps)
+    /// with `VringEpollHandler::register_listener`. `handlers[i]` serves
+    /// worker thread `i`.
+    fn attach(&self, _handlers: &[Arc<VringEpollHandler<Self>>]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What [`serve`] needs to know.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Thread and log name of the daemon (`splitvm-blk`, ...).
+    pub name: String,
+    /// Socket to listen on.
+    pub socket_path: PathBuf,
+    /// Listen again after a frontend disconnects (the default); `false`
+    /// serves one frontend and returns.
+    pub reconnect: bool,
+}
+
+/// Stop request shared by the signal thread and the serve loop.
+struct Stop {
+    requested: AtomicBool,
+    event: EventFd,
+    conn: Mutex<Option<ShutdownHandle>>,
+}
+
+impl Stop {
+    fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        let _ = self.event.write(1);
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = conn.as_ref() {
+            h.shutdown();
+        }
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    fn set_conn(&self, h: Option<ShutdownHandle>) {
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = h;
+        // A signal that arrived between accept and here found no handle.
+        if self.requested() {
+            self.request();
+        }
+    }
+}
+
+const EV_STOP: u64 = 0;
+const EV_ACCEPT: u64 = 1;
+
+/// Serves frontends on `cfg.socket_path` until SIGTERM/SIGINT (or, without
+/// `reconnect`, until the first frontend leaves). `make` builds a fresh
+/// device for every connection (the device may share state across them,
+/// such as an open image).
+pub fn serve<T, F>(cfg: &ServeConfig, mut make: F) -> Result<(), DaemonError>
+where
+    T: Device,
+    F: FnMut() -> io::Result<T>,
+{
+    let stop = Arc::new(Stop {
+        requested: AtomicBool::new(false),
+        event: EventFd::new(EFD_NONBLOCK).map_err(DaemonError::Poll)?,
+        conn: Mutex::new(None),
+    });
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
+    let signals_handle = signals.handle();
+    let stop2 = stop.clone();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                info!("signal {sig}: stopping");
+                stop2.request();
+            }
+        })
+        .map_err(DaemonError::Signals)?;
+
+    let result = serve_loop(cfg, &stop, &mut make);
+    signals_handle.close();
+    result
+}
+
+fn serve_loop<T, F>(cfg: &ServeConfig, stop: &Stop, make: &mut F) -> Result<(), DaemonError>
+where
+    T: Device,
+    F: FnMut() -> io::Result<T>,
+{
+    // Dropping the listener removes the socket file.
+    let mut listener =
+        Listener::new(&cfg.socket_path, true).map_err(|source| DaemonError::Bind {
+            path: cfg.socket_path.clone(),
+            source,
+        })?;
+    let epoll = Epoll::new().map_err(DaemonError::Poll)?;
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            stop.event.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, EV_STOP),
+        )
+        .map_err(DaemonError::Poll)?;
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, EV_ACCEPT),
+        )
+        .map_err(DaemonError::Poll)?;
+    info!("listening on {}", cfg.socket_path.display());
+
+    loop {
+        if !wait_for_frontend(&epoll, stop)? {
+            info!("stopped");
+            return Ok(());
+        }
+        let device = make().map_err(DaemonError::Device)?;
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = VhostUserDaemon::new(cfg.name.clone(), device.clone(), mem)
+            .map_err(|e| DaemonError::Daemon(e.to_string()))?;
+        device
+            .attach(&daemon.get_epoll_handlers())
+            .map_err(DaemonError::Device)?;
+        daemon
+            .start(&mut listener)
+            .map_err(|e| DaemonError::Daemon(e.to_string()))?;
+        info!("frontend connected");
+        stop.set_conn(daemon.shutdown_handle());
+        let ended = daemon.wait();
+        stop.set_conn(None);
+        match ended {
+            Ok(()) => info!("frontend disconnected"),
+            Err(e) => warn!("frontend connection ended: {e}"),
+        }
+        // Dropping the daemon signals every worker's exit event and joins them.
+        drop(daemon);
+        if stop.requested() {
+            info!("stopped");
+            return Ok(());
+        }
+        if !cfg.reconnect {
+            return Ok(());
+        }
+    }
+}
+
+/// Blocks until a frontend is waiting to be accepted (`true`) or a stop
+/// was requested (`false`).
+fn wait_for_frontend(epoll: &Epoll, stop: &Stop) -> Result<bool, DaemonError> {
+    let mut events = [EpollEvent::default(); 2];
+    loop {
+        if stop.requested() {
+            return Ok(false);
+        }
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(DaemonError::Poll(e)),
+        };
+        if events[..n].iter().any(|e| e.data() == EV_STOP) || stop.requested() {
+            return Ok(false);
+        }
+        if events[..n].iter().any(|e| e.data() == EV_ACCEPT) {
+            return Ok(true);
+        }
+    }
+}
