@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Boots the nested lab's level 1 and runs a lab script in it.
+#
+#   run-l1.sh --bin-dir DIR --script L1SCRIPT [--file SRC:DEST]... [--with-qemu]
+#             [--timeout SECS] [--memory MB] [--verbose]
+#
+# Level 1 is Debian's kernel under `qemu-system-x86_64 -M microvm -accel tcg
+# -cpu max` with nested SVM (kvm-amd), so it has a real /dev/kvm. Its
+# initramfs is the base image from scripts/guest-assets plus an overlay built
+# here: the project's binaries from DIR (splitvm, splitvm-blk, splitvm-net,
+# splitvm-input, whichever exist) in /opt/splitvm/bin with their shared
+# libraries, lab-timer, /lab/run.sh (= L1SCRIPT), /lab/lib.sh, extra files,
+# and with --with-qemu QEMU itself (binary, libraries, firmware).
+#
+# The level-1 serial console is streamed to stdout, each line prefixed with
+# "[l1] ". Exit status: the rc of "SPLITVM-L1-DONE rc=N", or 1 if that line
+# never came (the boot failed or --timeout, default 900 s, expired).
+#
+# Environment: SPLITVM_CACHE (see scripts/guest-assets), SPLITVM_TSC_KHZ
+# (overrides the host TSC frequency detection).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BINARIES=(splitvm splitvm-blk splitvm-net splitvm-input)
+
+log() { echo "run-l1: $*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+bin_dir=
+script=
+files=()
+with_qemu=0
+timeout=900
+memory=2048
+verbose=0
+while [[ $# -gt 0 ]]; do
+	case $1 in
+	--bin-dir)
+		bin_dir=$2
+		shift 2
+		;;
+	--script)
+		script=$2
+		shift 2
+		;;
+	--file)
+		files+=("$2")
+		shift 2
+		;;
+	--with-qemu)
+		with_qemu=1
+		shift
+		;;
+	--timeout)
+		timeout=$2
+		shift 2
+		;;
+	--memory)
+		memory=$2
+		shift 2
+		;;
+	--verbose)
+		verbose=1
+		shift
+		;;
+	*) die "unknown argument $1 (see the header of $0)" ;;
+	esac
+done
+[[ -n $script && -f $script ]] || die "--script FILE is required"
+[[ -z $bin_dir || -d $bin_dir ]] || die "--bin-dir $bin_dir is not a directory"
+
+# Host TSC frequency in kHz: microvm under TCG stalls at "Marking TSC
+# unstable" unless the guest is told the frequency (tsc_early_khz).
+tsc_khz() {
+	if [[ -n ${SPLITVM_TSC_KHZ:-} ]]; then
+		echo "$SPLITVM_TSC_KHZ"
+		return
+	fi
+	local mhz kernel_log
+	kernel_log=$({ dmesg 2>/dev/null || journalctl -k -b --no-pager 2>/dev/null || true; })
+	mhz=$(sed -n 's/.*tsc: Refined TSC clocksource calibration: \([0-9.]*\) MHz.*/\1/p' <<<"$kernel_log" | tail -n 1)
+	[[ -n $mhz ]] || mhz=$(sed -n 's/.*tsc: Detected \([0-9.]*\) MHz processor.*/\1/p' <<<"$kernel_log" | tail -n 1)
+	[[ -n $mhz ]] || mhz=$(awk -F: '/^cpu MHz/ { gsub(/ /, "", $2); print $2; exit }' /proc/cpuinfo)
+	[[ -n $mhz ]] || die "cannot find the host TSC frequency; set SPLITVM_TSC_KHZ"
+	awk -v m="$mhz" 'BEGIN { printf "%d\n", m * 1000 + 0.5 }'
+}
+
+# copy_with_libs STAGE FILE DEST: FILE to STAGE/DEST plus every library ldd
+# reports, at the path ldd names (the ELF interpreter path is fixed).
+copy_with_libs() {
+	local stage=$1 file=$2 dest=$3 lib
+	mkdir -p "$stage/$(dirname "$dest")"
+	cp "$file" "$stage/$dest"
+	while read -r lib; do
+		[[ -e $stage/$lib ]] && continue
+		mkdir -p "$stage/$(dirname "$lib")"
+		cp -L "$lib" "$stage/$lib"
+	done < <(ldd "$file" 2>/dev/null | awk '/=> \// { print $3 } /^\t\// { print $1 }')
+}
+
+# lab_timer: the static timing helper, built once per source version.
+lab_timer() {
+	local src="$HERE/tools/lab-timer.rs" out hash
+	hash=$(sha256sum "$src" | cut -c1-16)
+	out="${SPLITVM_CACHE:-$HOME/.cache/splitvm}/tools/lab-timer-$hash"
+	if [[ ! -x $out ]]; then
+		mkdir -p "$(dirname "$out")"
+		rustc --edition 2021 -O -C target-feature=+crt-static -C strip=symbols \
+			-o "$out.tmp" "$src" >&2
+		mv "$out.tmp" "$out"
+	fi
+	echo "$out"
+}
+
+assets=$("$ROOT/scripts/guest-assets")
+# shellcheck source=/dev/null
+. "$assets/assets.env"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/splitvm-l1.XXXXXX")
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+stage="$work/overlay"
+mkdir -p "$stage/opt/splitvm/bin" "$stage/opt/splitvm/lib" "$stage/lab"
+
+if [[ -n $bin_dir ]]; then
+	for b in "${BINARIES[@]}"; do
+		if [[ -x $bin_dir/$b ]]; then
+			copy_with_libs "$stage" "$bin_dir/$b" "/opt/splitvm/bin/$b"
+			log "packed $b"
+		fi
+	done
+fi
+cp "$(lab_timer)" "$stage/opt/splitvm/bin/lab-timer"
+cp "$script" "$stage/lab/run.sh"
+cp "$HERE/lib.sh" "$stage/lab/lib.sh"
+for spec in "${files[@]}"; do
+	src=${spec%%:*}
+	dest=${spec#*:}
+	[[ -e $src && $dest == /* ]] || die "--file $spec: need SRC:/ABSOLUTE/DEST with an existing SRC"
+	mkdir -p "$stage/$(dirname "$dest")"
+	cp -a "$src" "$stage/$dest"
+done
+if [[ $with_qemu == 1 ]]; then
+	qemu=$(command -v qemu-system-x86_64) || die "--with-qemu: qemu-system-x86_64 not installed"
+	copy_with_libs "$stage" "$qemu" /usr/bin/qemu-system-x86_64
+	mkdir -p "$stage/usr/share/qemu"
+	for fw in qboot.rom bios-microvm.bin linuxboot_dma.bin pvh.bin; do
+		[[ -e /usr/share/qemu/$fw ]] && cp -L "/usr/share/qemu/$fw" "$stage/usr/share/qemu/"
+	done
+	[[ -d /usr/share/seabios ]] && cp -rL /usr/share/seabios "$stage/usr/share/"
+	log "packed QEMU"
+fi
+(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$work/overlay.cpio"
+cat "$L1_INITRAMFS" "$work/overlay.cpio" >"$work/initrd.cpio"
+
+khz=$(tsc_khz)
+append="console=ttyS0 tsc_early_khz=$khz panic=-1"
+[[ $verbose == 1 ]] || append+=" quiet"
+log "booting level 1: kernel $KVER, tsc_early_khz=$khz, initrd $(($(stat -c %s "$work/initrd.cpio") / 1048576)) MiB"
+
+t0=$EPOCHREALTIME
+rc=
+qemu_rc=
+elapsed() { awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
+# QEMU's status arrives as the last line of the pipe, after its console.
+while IFS= read -r line; do
+	line=${line%$'\r'}
+	case $line in
+	RUN-L1-QEMU-EXIT=*)
+		qemu_rc=${line#RUN-L1-QEMU-EXIT=}
+		continue
+		;;
+	esac
+	printf '[l1] %s\n' "$line"
+	case $line in
+	SPLITVM-L1-INIT*) log "level-1 /init at $(elapsed) s" ;;
+	SPLITVM-L1-KVM*) log "level-1 kvm modules loaded at $(elapsed) s" ;;
+	*SPLITVM-L2-INIT*) log "level-2 init at $(elapsed) s" ;;
+	L2-EXIT*) log "$line at $(elapsed) s" ;;
+	SPLITVM-L1-DONE\ rc=*)
+		rc=${line#SPLITVM-L1-DONE rc=}
+		log "level-1 done (rc=$rc) at $(elapsed) s"
+		;;
+	esac
+done < <(
+	st=0
+	timeout -k 10 "$timeout" qemu-system-x86_64 -M microvm -accel tcg -cpu max -m "$memory" -smp 1 \
+		-nodefaults -no-user-config -display none -no-reboot -serial stdio \
+		-kernel "$VMLINUZ" -initrd "$work/initrd.cpio" -append "$append" </dev/null || st=$?
+	echo "RUN-L1-QEMU-EXIT=$st"
+)
+log "QEMU exited (status ${qemu_rc:-unknown}) at $(elapsed) s"
+if [[ -z $rc ]]; then
+	[[ $qemu_rc == 124 ]] && log "level 1 timed out after $timeout s"
+	log "no SPLITVM-L1-DONE line: level 1 failed"
+	exit 1
+fi
+[[ $rc =~ ^[0-9]+$ ]] || exit 1
+exit "$rc"
