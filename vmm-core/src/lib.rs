@@ -1,0 +1,12 @@
+//! vmm-core: the splitvm VMM. Its process does only CPU and memory
+//! virtualization, boot, the serial console and (later) the virtio-mmio
+//! transport registers; devices live in separate vhost-user backends.
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod arch;
+pub mod cli;
+pub mod config;
+pub mod devices;
+pub mod vmm;
+pub mod vstate;

@@ -1,0 +1,234 @@
+//! Builds a VM from a [`VmConfig`] and runs it to the end.
+
+use std::fs::OpenOptions;
+use std::io::{IsTerminal, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use linux_loader::loader::Cmdline;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::terminal::Terminal;
+
+use crate::arch::x86_64::layout::{
+    CMDLINE_MAX_SIZE, CMOS_PORT, I8042_PORT, SERIAL_IRQ, SERIAL_PORT,
+};
+use crate::arch::x86_64::{acpi, boot, mptable};
+use crate::config::{SerialTarget, VmConfig};
+use crate::devices::bus::{Bus, BusDevice};
+use crate::devices::cmos::Cmos;
+use crate::devices::i8042::I8042;
+use crate::devices::serial::SerialDevice;
+use crate::vstate::memory::{self, GuestMemory};
+use crate::vstate::vcpu::{ExitSignal, Vcpu, VcpuError, VmExitEvent};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("guest memory: {0}")]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error("kernel command line: {0}")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cpus: {want} is more than this host's KVM allows ({max})")]
+    TooManyVcpus { want: u8, max: usize },
+    #[error("serial output {path}: {source}")]
+    SerialFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating an eventfd failed: {0}")]
+    EventFd(#[source] std::io::Error),
+    #[error("device bus: {0}")]
+    Bus(#[from] crate::devices::bus::BusError),
+    #[error("spawning thread {name} failed: {source}")]
+    Thread {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl VmmError {
+    /// True when the error comes from what the user gave (a file, a size),
+    /// not from the host or the guest: the CLI exits with status 2 for those.
+    pub fn is_user_input(&self) -> bool {
+        matches!(
+            self,
+            VmmError::Boot(
+                boot::BootError::KernelOpen { .. }
+                    | boot::BootError::KernelFormat { .. }
+                    | boot::BootError::KernelLoad { .. }
+                    | boot::BootError::NoPvhEntry { .. }
+                    | boot::BootError::InitrdOpen { .. }
+                    | boot::BootError::InitrdTooBig { .. }
+            ) | VmmError::Cmdline(_)
+                | VmmError::TooManyVcpus { .. }
+                | VmmError::SerialFile { .. }
+        )
+    }
+}
+
+/// A built VM, ready to start.
+pub struct Vmm {
+    // The memslots point into `mem`; the Vmm must outlive the vCPU threads,
+    // so `run` borrows it and the caller drops it only at process exit.
+    _vm: Vm,
+    _mem: GuestMemory,
+    _memfd: std::fs::File,
+    vcpus: Vec<Vcpu>,
+    exit: ExitSignal,
+    serial: Arc<Mutex<SerialDevice>>,
+}
+
+fn serial_output(target: &SerialTarget) -> Result<Box<dyn Write + Send>, VmmError> {
+    Ok(match target {
+        SerialTarget::Stdout => Box::new(std::io::stdout()),
+        SerialTarget::File(p) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|source| VmmError::SerialFile {
+                    path: p.display().to_string(),
+                    source,
+                })?,
+        ),
+    })
+}
+
+impl Vmm {
+    /// Creates the VM, loads the guest and creates the vCPUs.
+    pub fn build(cfg: &VmConfig) -> Result<Vmm, VmmError> {
+        let vm = Vm::new()?;
+        if usize::from(cfg.cpus) > vm.max_vcpus() {
+            return Err(VmmError::TooManyVcpus {
+                want: cfg.cpus,
+                max: vm.max_vcpus(),
+            });
+        }
+        let (mem, memfd) = memory::create_guest_memory(cfg.memory_bytes)?;
+        vm.register_memory(&mem)?;
+
+        let kernel = boot::load_kernel(&mem, &cfg.kernel, cfg.boot)?;
+        let initrd = cfg
+            .initrd
+            .as_ref()
+            .map(|p| boot::load_initrd(&mem, p, kernel.end()))
+            .transpose()?;
+        let cmdline =
+            Cmdline::try_from(&cfg.cmdline, CMDLINE_MAX_SIZE).map_err(VmmError::Cmdline)?;
+        mptable::setup_mptable(&mem, cfg.cpus)?;
+        let rsdp = acpi::setup_acpi(&mem, cfg.cpus, &[])?;
+        boot::write_boot_info(&mem, &kernel, &cmdline, initrd, rsdp)?;
+
+        let exit = ExitSignal::new();
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+        vm.register_irqfd(&serial_irq, SERIAL_IRQ)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_irq,
+            serial_output(&cfg.serial)?,
+        )));
+        let mut pio = Bus::new();
+        pio.insert(u64::from(SERIAL_PORT), 8, serial.clone())?;
+        let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(exit.clone())));
+        pio.insert(u64::from(I8042_PORT), 5, i8042)?;
+        let cmos: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(Cmos::default()));
+        pio.insert(u64::from(CMOS_PORT), 2, cmos)?;
+        let pio = Arc::new(pio);
+        let mmio = Arc::new(Bus::new());
+
+        let mut vcpus = Vec::new();
+        for id in 0..cfg.cpus {
+            let entry = (id == 0).then(|| kernel.entry());
+            vcpus.push(Vcpu::new(
+                &vm,
+                &mem,
+                id,
+                cfg.cpus,
+                entry,
+                pio.clone(),
+                mmio.clone(),
+                exit.clone(),
+            )?);
+        }
+        Ok(Vmm {
+            _vm: vm,
+            _mem: mem,
+            _memfd: memfd,
+            vcpus,
+            exit,
+            serial,
+        })
+    }
+
+    /// Starts one thread per vCPU and waits for the VM to end.
+    pub fn run(&mut self) -> Result<VmExitEvent, VmmError> {
+        for mut vcpu in std::mem::take(&mut self.vcpus) {
+            let name = format!("vcpu{}", vcpu.id());
+            thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    let ev = vcpu.run();
+                    log::debug!("vcpu{} stopped: {ev}", vcpu.id());
+                })
+                .map_err(|source| VmmError::Thread { name, source })?;
+        }
+        let _stdin = StdinForwarder::start(self.serial.clone());
+        Ok(self.exit.wait())
+    }
+}
+
+/// Forwards a terminal's keystrokes to the serial port, in raw mode, and
+/// restores the terminal when dropped. Does nothing when stdin is no tty.
+struct StdinForwarder {
+    raw: bool,
+}
+
+impl StdinForwarder {
+    fn start(serial: Arc<Mutex<SerialDevice>>) -> StdinForwarder {
+        let stdin = std::io::stdin();
+        let lock = stdin.lock();
+        if !lock.is_terminal() {
+            return StdinForwarder { raw: false };
+        }
+        let raw = lock.set_raw_mode().is_ok();
+        drop(lock);
+        let spawned = thread::Builder::new()
+            .name("stdin".to_string())
+            .spawn(move || {
+                let mut buf = [0u8; 64];
+                let mut input = std::io::stdin();
+                while let Ok(n) = input.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut s) = serial.lock() {
+                        s.enqueue_input(&buf[..n]);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("no serial input: {e}");
+        }
+        StdinForwarder { raw }
+    }
+}
+
+impl Drop for StdinForwarder {
+    fn drop(&mut self) {
+        if self.raw {
+            let _ = std::io::stdin().lock().set_canon_mode();
+        }
+    }
+}
