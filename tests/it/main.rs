@@ -1,1 +1,1 @@
-
+mod boot_cli;
