@@ -1,0 +1,271 @@
+//! The `io_uring` engine: every request of a queue goes to the kernel as
+//! soon as it is parsed, many in flight at once; completions arrive on an
+//! eventfd that the vring worker polls next to the kick fd.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use io_uring::{opcode, squeue, types, IoUring, Probe};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{Completion, Engine, IoError, IoKind, IoOp};
+
+/// Checks once that `io_uring` works here with the opcodes the engine uses.
+pub fn probe() -> Result<(), IoError> {
+    let ring = IoUring::new(8).map_err(IoError::UringUnavailable)?;
+    let mut p = Probe::new();
+    ring.submitter()
+        .register_probe(&mut p)
+        .map_err(IoError::UringUnavailable)?;
+    for (code, name) in [
+        (opcode::Readv::CODE, "READV"),
+        (opcode::Writev::CODE, "WRITEV"),
+        (opcode::Fsync::CODE, "FSYNC"),
+    ] {
+        if !p.is_supported(code) {
+            return Err(IoError::UringOpcode(name));
+        }
+    }
+    Ok(())
+}
+
+struct Slot {
+    op: IoOp,
+    /// Bytes still to transfer (short reads/writes are resubmitted).
+    left: u64,
+}
+
+/// See the module docs.
+pub struct Uring {
+    ring: IoUring,
+    file: Arc<File>,
+    event: EventFd,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    /// Slots waiting for room in the submission queue.
+    backlog: VecDeque<usize>,
+    /// Slots the kernel holds (pushed, completion not reaped).
+    kernel: usize,
+    depth: usize,
+    done: Vec<Completion>,
+}
+
+impl Uring {
+    /// A ring of `depth` entries on `file`, completions signalled on an eventfd.
+    pub fn new(file: Arc<File>, depth: u32) -> Result<Self, IoError> {
+        let depth = depth.clamp(8, 4096);
+        let ring = IoUring::new(depth).map_err(IoError::UringUnavailable)?;
+        let event = EventFd::new(EFD_NONBLOCK).map_err(IoError::EventFd)?;
+        ring.submitter()
+            .register_eventfd(event.as_raw_fd())
+            .map_err(IoError::EventFd)?;
+        Ok(Uring {
+            ring,
+            file,
+            event,
+            slots: Vec::new(),
+            free: Vec::new(),
+            backlog: VecDeque::new(),
+            kernel: 0,
+            depth: depth as usize,
+            done: Vec::new(),
+        })
+    }
+
+    fn entry(&self, idx: usize) -> Option<squeue::Entry> {
+        let slot = self.slots.get(idx)?.as_ref()?;
+        let fd = types::Fd(self.file.as_raw_fd());
+        let e = match &slot.op.kind {
+            IoKind::Read(b) => opcode::Readv::new(fd, b.as_ptr(), u32::try_from(b.count()).ok()?)
+                .offset(slot.op.offset)
+                .build(),
+            IoKind::Write(b) => opcode::Writev::new(fd, b.as_ptr(), u32::try_from(b.count()).ok()?)
+                .offset(slot.op.offset)
+                .build(),
+            // Drain: the flush starts after everything submitted before it.
+            IoKind::Flush => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .flags(squeue::Flags::IO_DRAIN),
+        };
+        Some(e.user_data(idx as u64))
+    }
+
+    /// Moves backlog slots into the submission queue while there is room.
+    fn fill(&mut self) {
+        while self.kernel < self.depth {
+            let Some(idx) = self.backlog.pop_front() else {
+                break;
+            };
+            let Some(e) = self.entry(idx) else {
+                self.finish(idx, Err(io::Error::from_raw_os_error(libc::EINVAL)));
+                continue;
+            };
+            // SAFETY: the entry points at the iovec array and buffers of
+            // slot `idx`; the slot (with its `GuestIovecs` and memory guard)
+            // stays in `self.slots`, unmoved on the heap, until this entry's
+            // completion is reaped, and `Drop` waits for all completions.
+            let pushed = unsafe { self.ring.submission().push(&e) };
+            if pushed.is_err() {
+                self.backlog.push_front(idx);
+                break;
+            }
+            self.kernel += 1;
+        }
+    }
+
+    fn finish(&mut self, idx: usize, result: io::Result<()>) {
+        if let Some(slot) = self.slots.get_mut(idx).and_then(Option::take) {
+            self.free.push(idx);
+            self.done.push(Completion {
+                token: slot.op.token,
+                result,
+            });
+        }
+    }
+
+    fn on_cqe(&mut self, idx: usize, res: i32) {
+        let Some(slot) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            log::error!("io_uring completion for unknown slot {idx}");
+            return;
+        };
+        if res < 0 {
+            self.finish(idx, Err(io::Error::from_raw_os_error(-res)));
+            return;
+        }
+        // `res >= 0`, so the cast is lossless.
+        let n = res as u64;
+        match &mut slot.op.kind {
+            IoKind::Flush => self.finish(idx, Ok(())),
+            IoKind::Read(b) | IoKind::Write(b) => {
+                if n >= slot.left {
+                    self.finish(idx, Ok(()));
+                } else if n == 0 {
+                    self.finish(idx, Err(io::Error::from(io::ErrorKind::UnexpectedEof)));
+                } else {
+                    // Short transfer: resubmit the rest.
+                    b.advance(n);
+                    slot.left -= n;
+                    slot.op.offset = slot.op.offset.saturating_add(n);
+                    self.backlog.push_back(idx);
+                }
+            }
+        }
+    }
+
+    fn collect(&mut self) {
+        let _ = self.event.read();
+        let cqes: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (ud, res) in cqes {
+            self.kernel = self.kernel.saturating_sub(1);
+            self.on_cqe(usize::try_from(ud).unwrap_or(usize::MAX), res);
+        }
+    }
+}
+
+impl Engine for Uring {
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+
+    fn submit(&mut self, op: IoOp) {
+        let left = match &op.kind {
+            IoKind::Read(b) | IoKind::Write(b) => b.bytes(),
+            IoKind::Flush => 0,
+        };
+        let slot = Slot { op, left };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                if let Some(s) = self.slots.get_mut(i) {
+                    *s = Some(slot);
+                }
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.backlog.push_back(idx);
+        self.fill();
+    }
+
+    fn commit(&mut self) {
+        loop {
+            self.fill();
+            match self.ring.submit() {
+                Ok(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // Completion queue full: reap, then try again.
+                    self.collect();
+                }
+                Err(e) => {
+                    log::error!("io_uring submit: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        self.collect();
+        if !self.backlog.is_empty() {
+            self.commit();
+        }
+        out.append(&mut self.done);
+    }
+
+    fn drain(&mut self, out: &mut Vec<Completion>) {
+        while self.kernel > 0 || !self.backlog.is_empty() {
+            self.fill();
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => {
+                    log::error!("io_uring wait: {e}");
+                    break;
+                }
+            }
+            self.collect();
+        }
+        out.append(&mut self.done);
+    }
+
+    fn notifier(&self) -> Option<RawFd> {
+        Some(self.event.as_raw_fd())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // The kernel may still write into guest buffers: wait for every
+        // completion before the buffers (and their memory guards) go away.
+        self.backlog.clear();
+        while self.kernel > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+            self.collect();
+        }
+        if self.kernel > 0 {
+            // Cannot wait: leak the buffers' guards rather than unmap
+            // memory the kernel may still touch.
+            std::mem::forget(std::mem::take(&mut self.slots));
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! `splitvm-blk`: a vhost-user block device backend serving a raw image
+//! (regular file or block device).
+//!
+//! Files: `cli.rs` (arguments → [`Config`]), `blk.rs` (the request model, no
+//! sockets and no `unsafe`), `io/` (the `io_uring` and synchronous engines),
+//! `vhu_blk.rs` (the `VhostUserBackend`), and this file ([`start_backend`]).
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+#[forbid(unsafe_code)]
+pub mod blk;
+pub mod cli;
+pub mod io;
+pub mod vhu_blk;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use log::{info, warn};
+use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
+
+use crate::blk::{ConfigSpace, DiskInfo, ID_BYTES, SECTOR_SIZE};
+use crate::io::EngineKind;
+use crate::vhu_blk::{feature_names, Disk, VhostUserBlkBackend};
+
+/// Discard / write-zeroes sectors per range advertised (1 GiB).
+const MAX_RANGE_SECTORS: u32 = 1 << 21;
+/// Discard / write-zeroes ranges per request advertised.
+const MAX_RANGE_SEGS: u32 = 16;
+/// `seg_max` advertised: data segments per request.
+const SEG_MAX: u32 = 128;
+
+/// Everything `splitvm-blk` needs, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// vhost-user socket.
+    pub socket_path: PathBuf,
+    /// Raw image: regular file or block device.
+    pub image: PathBuf,
+    /// Refuse writes and advertise `VIRTIO_BLK_F_RO`.
+    pub readonly: bool,
+    /// Open the image with `O_DIRECT`.
+    pub direct: bool,
+    /// Number of queues (one worker thread each).
+    pub queues: u16,
+    /// Largest queue size accepted.
+    pub queue_size: u16,
+    /// GET_ID answer, zero-padded.
+    pub serial: [u8; ID_BYTES],
+    /// I/O engine.
+    pub engine: EngineKind,
+}
+
+/// Errors of `splitvm-blk`.
+#[derive(Debug, thiserror::Error)]
+pub enum BlkBackendError {
+    /// The image could not be opened.
+    #[error("cannot open image {path}: {source}")]
+    Open {
+        /// Image path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image's size could not be read.
+    #[error("cannot size image {path}: {source}")]
+    Size {
+        /// Image path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image is smaller than one sector.
+    #[error("image {0} is smaller than 512 bytes")]
+    TooSmall(PathBuf),
+    /// The I/O engine could not be set up.
+    #[error(transparent)]
+    Io(#[from] io::IoError),
+    /// The serve loop failed.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+}
+
+fn open_image(cfg: &Config) -> Result<(File, u64), BlkBackendError> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(!cfg.readonly);
+    if cfg.direct {
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    let mut file = opts
+        .open(&cfg.image)
+        .map_err(|source| BlkBackendError::Open {
+            path: cfg.image.clone(),
+            source,
+        })?;
+    let size = file
+        .seek(SeekFrom::End(0))
+        .map_err(|source| BlkBackendError::Size {
+            path: cfg.image.clone(),
+            source,
+        })?;
+    if !size.is_multiple_of(SECTOR_SIZE) {
+        warn!(
+            "image size {size} is not a multiple of {SECTOR_SIZE}; the last {} bytes are not used",
+            size % SECTOR_SIZE
+        );
+    }
+    let capacity = size - size % SECTOR_SIZE;
+    if capacity == 0 {
+        return Err(BlkBackendError::TooSmall(cfg.image.clone()));
+    }
+    Ok((file, capacity))
+}
+
+/// Opens the image and serves frontends on `config.socket_path` until
+/// SIGTERM/SIGINT, listening again after each disconnect.
+pub fn start_backend(config: Config) -> Result<(), BlkBackendError> {
+    let (file, capacity) = open_image(&config)?;
+    let engine = io::probe(config.engine)?;
+    info!(
+        "image {} ({capacity} bytes{}{}), {} queue(s) of up to {}, I/O engine {}",
+        config.image.display(),
+        if config.readonly { ", read-only" } else { "" },
+        if config.direct { ", O_DIRECT" } else { "" },
+        config.queues,
+        config.queue_size,
+        match engine {
+            EngineKind::IoUring => "io_uring",
+            _ => "sync",
+        }
+    );
+    let info = DiskInfo {
+        capacity,
+        readonly: config.readonly,
+        max_range_sectors: MAX_RANGE_SECTORS,
+        max_range_segs: MAX_RANGE_SEGS,
+        serial: config.serial,
+    };
+    let space = ConfigSpace {
+        capacity_sectors: capacity / SECTOR_SIZE,
+        seg_max: SEG_MAX,
+        blk_size: SECTOR_SIZE as u32,
+        num_queues: config.queues,
+        max_range_sectors: MAX_RANGE_SECTORS,
+        max_range_segs: MAX_RANGE_SEGS,
+    };
+    let disk = Arc::new(Disk {
+        file: Arc::new(file),
+        info,
+        engine,
+        queues: config.queues,
+        queue_size: config.queue_size,
+        config: space.to_bytes(),
+    });
+    info!(
+        "offering virtio features {}",
+        feature_names(disk.features())
+    );
+    let serve = ServeConfig {
+        name: "splitvm-blk".into(),
+        socket_path: config.socket_path.clone(),
+        reconnect: true,
+    };
+    daemon::serve(&serve, || {
+        VhostUserBlkBackend::new(disk.clone()).map_err(std::io::Error::other)
+    })?;
+    Ok(())
+}
