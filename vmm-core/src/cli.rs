@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::arch::x86_64::boot::{detect_format, BootProtocol};
-use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
-use crate::config::{merge_cmdline, SerialTarget, VmConfig};
+use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, GSI_MAX, VIRTIO_GSI_START};
+use crate::config::{merge_cmdline, DeviceConfig, SerialTarget, VmConfig};
+use crate::vhost_user::device::DeviceKind;
 
 /// splitvm: a KVM VMM whose devices run as separate vhost-user processes.
 #[derive(Parser, Debug)]
@@ -56,6 +57,27 @@ pub struct RunArgs {
     /// Boot protocol.
     #[arg(long, value_enum, default_value_t = BootArg::Linux)]
     pub boot: BootArg,
+    /// A virtio-blk device served by a vhost-user backend: `socket=PATH`.
+    #[arg(long = "disk", value_name = "socket=PATH", value_parser = parse_socket_arg)]
+    pub disks: Vec<PathBuf>,
+    /// A virtio-net device served by a vhost-user backend: `socket=PATH`.
+    #[arg(long = "net", value_name = "socket=PATH", value_parser = parse_socket_arg)]
+    pub nets: Vec<PathBuf>,
+    /// A virtio-input device served by a vhost-user backend: `socket=PATH`.
+    #[arg(long = "input", value_name = "socket=PATH", value_parser = parse_socket_arg)]
+    pub inputs: Vec<PathBuf>,
+    /// Seconds to keep retrying each backend socket at startup.
+    #[arg(long, default_value_t = 30)]
+    pub connect_timeout: u64,
+}
+
+/// Parses `socket=PATH`, the one key a device argument has today.
+fn parse_socket_arg(s: &str) -> Result<PathBuf, String> {
+    match s.split_once('=') {
+        Some(("socket", p)) if !p.is_empty() => Ok(PathBuf::from(p)),
+        Some((k, _)) if k != "socket" => Err(format!("unknown key {k:?}; expected socket=PATH")),
+        _ => Err(format!("{s:?}: expected socket=PATH")),
+    }
 }
 
 /// Errors in the `run` arguments. Each names the input it is about.
@@ -83,6 +105,8 @@ pub enum ConfigError {
     MemoryTooBig { want: u64, host: u64 },
     #[error("--cpus: must be between 1 and {MAX_CPUS}, got {0}")]
     Cpus(u16),
+    #[error("too many devices: {0} (at most {MAX_DEVICES})")]
+    TooManyDevices(usize),
     #[error("--cmdline: {len} bytes with defaults; the limit is {max}")]
     CmdlineTooLong { len: usize, max: usize },
 }
@@ -90,6 +114,8 @@ pub enum ConfigError {
 /// APIC ids are 8-bit in the MADT and MP table; 255 is broadcast.
 pub const MAX_CPUS: u16 = 254;
 const MIN_MEMORY: u64 = 16 << 20;
+/// One GSI each, from the first free one to the IOAPIC's last pin.
+pub const MAX_DEVICES: usize = (GSI_MAX - VIRTIO_GSI_START + 1) as usize;
 
 /// Parses `256M`, `1G`, `512K`, or a plain byte count.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -181,7 +207,24 @@ impl TryFrom<RunArgs> for VmConfig {
                 max: CMDLINE_MAX_SIZE - 1,
             });
         }
+        let devices: Vec<DeviceConfig> = [
+            (DeviceKind::Block, a.disks),
+            (DeviceKind::Net, a.nets),
+            (DeviceKind::Input, a.inputs),
+        ]
+        .into_iter()
+        .flat_map(|(kind, socks)| {
+            socks
+                .into_iter()
+                .map(move |socket| DeviceConfig { kind, socket })
+        })
+        .collect();
+        if devices.len() > MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices(devices.len()));
+        }
         Ok(VmConfig {
+            devices,
+            connect_timeout: std::time::Duration::from_secs(a.connect_timeout),
             kernel: a.kernel,
             initrd: a.initrd,
             cmdline,
@@ -218,5 +261,18 @@ mod tests {
         );
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tty").is_err());
+    }
+
+    #[test]
+    fn device_args_take_only_socket() {
+        assert_eq!(
+            parse_socket_arg("socket=/run/b.sock"),
+            Ok("/run/b.sock".into())
+        );
+        assert!(parse_socket_arg("/run/b.sock").is_err());
+        assert!(parse_socket_arg("path=/x")
+            .unwrap_err()
+            .contains("unknown key"));
+        assert!(parse_socket_arg("socket=").is_err());
     }
 }

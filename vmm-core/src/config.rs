@@ -3,6 +3,14 @@
 use std::path::PathBuf;
 
 use crate::arch::x86_64::boot::BootProtocol;
+use crate::vhost_user::device::DeviceKind;
+
+/// A device served by a vhost-user backend at `socket`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    pub kind: DeviceKind,
+    pub socket: PathBuf,
+}
 
 /// Where the guest's serial console goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +30,10 @@ pub struct VmConfig {
     pub cpus: u8,
     pub serial: SerialTarget,
     pub boot: BootProtocol,
+    /// vhost-user devices, in the order they appear to the guest.
+    pub devices: Vec<DeviceConfig>,
+    /// How long to keep retrying a backend socket at startup.
+    pub connect_timeout: std::time::Duration,
 }
 
 /// Parameters splitvm adds unless the user's command line sets them.

@@ -8,5 +8,6 @@ pub mod arch;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod vhost_user;
 pub mod vmm;
 pub mod vstate;

@@ -9,8 +9,12 @@ use linux_loader::loader::Cmdline;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::terminal::Terminal;
 
+use kvm_ioctls::IoEventAddress;
+
+use crate::arch::x86_64::acpi::MmioDeviceInfo;
 use crate::arch::x86_64::layout::{
-    CMDLINE_MAX_SIZE, CMOS_PORT, I8042_PORT, SERIAL_IRQ, SERIAL_PORT,
+    CMDLINE_MAX_SIZE, CMOS_PORT, I8042_PORT, SERIAL_IRQ, SERIAL_PORT, VIRTIO_GSI_START,
+    VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
 use crate::arch::x86_64::{acpi, boot, mptable};
 use crate::config::{SerialTarget, VmConfig};
@@ -18,6 +22,10 @@ use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::cmos::Cmos;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::VirtioDevice;
+use crate::vhost_user::device::VhostUserDevice;
+use crate::vhost_user::frontend::FrontendError;
 use crate::vstate::memory::{self, GuestMemory};
 use crate::vstate::vcpu::{ExitSignal, Vcpu, VcpuError, VmExitEvent};
 use crate::vstate::vm::{Vm, VmError};
@@ -49,6 +57,14 @@ pub enum VmmError {
     },
     #[error("creating an eventfd failed: {0}")]
     EventFd(#[source] std::io::Error),
+    #[error(transparent)]
+    Backend(#[from] FrontendError),
+    #[error("KVM_IOEVENTFD at {addr:#x} failed: {source}")]
+    Ioeventfd {
+        addr: u64,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("device bus: {0}")]
     Bus(#[from] crate::devices::bus::BusError),
     #[error("spawning thread {name} failed: {source}")]
@@ -126,10 +142,28 @@ impl Vmm {
             .as_ref()
             .map(|p| boot::load_initrd(&mem, p, kernel.end()))
             .transpose()?;
+        let mut mmio = Bus::new();
+        let mut mmio_infos = Vec::new();
+        for (i, dev) in cfg.devices.iter().enumerate() {
+            let info = MmioDeviceInfo {
+                addr: VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE,
+                len: VIRTIO_MMIO_SIZE,
+                gsi: VIRTIO_GSI_START + i as u32,
+            };
+            let backend =
+                VhostUserDevice::connect(dev.kind, &dev.socket, mem.clone(), cfg.connect_timeout)?;
+            let transport = attach_mmio(&vm, Box::new(backend), info)?;
+            mmio.insert(info.addr, info.len, Arc::new(Mutex::new(transport)))?;
+            mmio_infos.push(info);
+        }
+        let mut full_cmdline = cfg.cmdline.clone();
+        for d in &mmio_infos {
+            full_cmdline.push_str(&format!(" virtio_mmio.device=4K@{:#x}:{}", d.addr, d.gsi));
+        }
         let cmdline =
-            Cmdline::try_from(&cfg.cmdline, CMDLINE_MAX_SIZE).map_err(VmmError::Cmdline)?;
+            Cmdline::try_from(&full_cmdline, CMDLINE_MAX_SIZE).map_err(VmmError::Cmdline)?;
         mptable::setup_mptable(&mem, cfg.cpus)?;
-        let rsdp = acpi::setup_acpi(&mem, cfg.cpus, &[])?;
+        let rsdp = acpi::setup_acpi(&mem, cfg.cpus, &mmio_infos)?;
         boot::write_boot_info(&mem, &kernel, &cmdline, initrd, rsdp)?;
 
         let exit = ExitSignal::new();
@@ -146,7 +180,7 @@ impl Vmm {
         let cmos: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(Cmos::default()));
         pio.insert(u64::from(CMOS_PORT), 2, cmos)?;
         let pio = Arc::new(pio);
-        let mmio = Arc::new(Bus::new());
+        let mmio = Arc::new(mmio);
 
         let mut vcpus = Vec::new();
         for id in 0..cfg.cpus {
@@ -187,6 +221,30 @@ impl Vmm {
         let _stdin = StdinForwarder::start(self.serial.clone());
         Ok(self.exit.wait())
     }
+}
+
+/// Puts `device` behind a virtio-mmio window: one ioeventfd per queue on
+/// QueueNotify (matching the queue index) and one irqfd on the device's GSI.
+fn attach_mmio(
+    vm: &Vm,
+    device: Box<dyn VirtioDevice>,
+    info: MmioDeviceInfo,
+) -> Result<MmioTransport, VmmError> {
+    let notify = info.addr + REG_QUEUE_NOTIFY;
+    let mut kicks = Vec::new();
+    for q in 0..device.queue_max_sizes().len() {
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+        vm.fd()
+            .register_ioevent(&evt, &IoEventAddress::Mmio(notify), q as u32)
+            .map_err(|source| VmmError::Ioeventfd {
+                addr: notify,
+                source,
+            })?;
+        kicks.push(evt);
+    }
+    let call = EventFd::new(EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+    vm.register_irqfd(&call, info.gsi)?;
+    Ok(MmioTransport::new(device, kicks, Arc::new(call)))
 }
 
 /// Forwards a terminal's keystrokes to the serial port, in raw mode, and

@@ -1,0 +1,6 @@
+//! The vhost-user frontend: the VMM's side of each device's control socket.
+//! Data never passes here: backends map guest memory and are kicked and
+//! signal interrupts through eventfds bound in KVM.
+
+pub mod device;
+pub mod frontend;
