@@ -287,7 +287,7 @@ impl BusDevice for MmioTransport {
             self.device.read_config(offset - CONFIG_SPACE, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             log::warn!("virtio-mmio: {}-byte read at {offset:#x}", data.len());
             data.fill(0);
             return;
@@ -301,7 +301,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(b) if offset % 4 == 0 => self.write_reg(offset, u32::from_le_bytes(b)),
+            Ok(b) if offset.is_multiple_of(4) => self.write_reg(offset, u32::from_le_bytes(b)),
             _ => log::warn!("virtio-mmio: {}-byte write at {offset:#x}", data.len()),
         }
     }
