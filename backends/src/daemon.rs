@@ -15,7 +15,7 @@ use std::thread;
 use log::{info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use vhost::vhost_user::Listener;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{
     ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringEpollHandler, VringRwLock,
 };
@@ -190,8 +190,11 @@ where
         let ended = daemon.wait();
         stop.set_conn(None);
         match ended {
-            Ok(()) => info!("frontend disconnected"),
-            Err(e) => warn!("frontend connection ended: {e}"),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserError::Disconnected | VhostUserError::PartialMessage,
+            )) => info!("frontend disconnected"),
+            Err(e) => warn!("frontend disconnected: {e}"),
         }
         // Dropping the daemon signals every worker's exit event and joins them.
         drop(daemon);

@@ -1,1 +1,4 @@
+mod backend_cli;
+mod blk;
+mod blk_hostile;
 mod boot_cli;

@@ -1,6 +1,7 @@
 //! Helpers for splitvm's integration tests: deadline waits, child-process
 //! guards and the nested lab. Tests live in `tests/it/`, one file per area.
 
+pub mod hostile;
 pub mod microguest;
 pub mod proc;
 pub mod wait;

@@ -267,19 +267,26 @@ pub fn parse<M: GuestMemoryBackend>(
     }
     let first_w = descs.iter().position(|d| d.write).unwrap_or(descs.len());
     let (readable, writable) = descs.split_at(first_w);
-    // The status byte: the last byte of the device-writable part.
-    let wlen = total(writable);
-    let status_seg = cut(writable, wlen.saturating_sub(1), 1);
-    let status = match status_seg.first() {
-        Some(s) if in_memory(mem, s).is_ok() => GuestAddress(s.addr),
-        Some(s) => {
-            return Err(drop(BlkError::OutsideMemory {
-                addr: s.addr,
+    // The status byte: the last byte of the last descriptor, which must be
+    // device-writable (never write into a buffer the driver marked readable).
+    let status = match descs.last() {
+        Some(d) if d.write && d.len > 0 => {
+            let s = Segment {
+                addr: d.addr.saturating_add(d.len - 1),
                 len: 1,
-            }))
+                write: true,
+            };
+            if in_memory(mem, &s).is_err() {
+                return Err(drop(BlkError::OutsideMemory {
+                    addr: s.addr,
+                    len: 1,
+                }));
+            }
+            GuestAddress(s.addr)
         }
-        None => return Err(drop(BlkError::NoStatus)),
+        _ => return Err(drop(BlkError::NoStatus)),
     };
+    let wlen = total(writable);
     let fail = |code, reason| Rejected {
         status: Some(status),
         code,
