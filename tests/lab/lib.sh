@@ -101,7 +101,7 @@ _l2_run() {
 		{
 			timeout "$_timeout" qemu-system-x86_64 -M microvm -enable-kvm -cpu host \
 				-m "$_mem" -smp "$_cpus" -kernel "$L2_KERNEL" -initrd "$_initrd" \
-				-append "console=ttyS0 reboot=k panic=1 $_cmdline" \
+				-append "console=ttyS0 reboot=t panic=1 $_cmdline" \
 				-nodefaults -no-user-config -display none -serial stdio -no-reboot \
 				"$@" </dev/null
 			echo $? >"$_rcfile"

@@ -2,6 +2,7 @@
 //! guards and the nested lab. Tests live in `tests/it/`, one file per area.
 
 pub mod hostile;
+pub mod lab;
 pub mod microguest;
 pub mod proc;
 pub mod wait;
