@@ -103,7 +103,7 @@ impl Driver {
     }
 
     /// Submits a 3-descriptor blk request and waits for its completion.
-    fn request(&mut self, kind: u32, sector: u64, data: &mut Vec<u8>) -> u8 {
+    fn request(&mut self, kind: u32, sector: u64, data: &mut [u8]) -> u8 {
         let m = self.mem.clone();
         m.write_obj(kind, GuestAddress(HDR)).unwrap();
         m.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
@@ -177,7 +177,7 @@ fn exercise(d: &mut Driver, image: &Path) {
     let mut back = vec![0u8; 4096];
     assert_eq!(d.request(0, 8, &mut back), 0, "read ok");
     assert_eq!(back, pattern);
-    assert_eq!(d.request(4, 0, &mut Vec::new()), 0, "flush ok");
+    assert_eq!(d.request(4, 0, &mut []), 0, "flush ok");
     let on_disk = std::fs::read(image).unwrap();
     assert_eq!(&on_disk[4096..8192], &pattern[..], "image holds the write");
 
