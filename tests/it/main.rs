@@ -2,6 +2,7 @@ mod backend_cli;
 mod blk;
 mod blk_hostile;
 mod blk_qemu;
+mod blk_qemu;
 mod boot_cli;
 mod frontend;
 mod nested_lab;
