@@ -2,7 +2,6 @@ mod backend_cli;
 mod blk;
 mod blk_hostile;
 mod blk_qemu;
-mod blk_qemu;
 mod boot_cli;
 mod frontend;
 mod nested_lab;
