@@ -452,11 +452,13 @@ impl VhostUserBackend for VhostUserBlkBackend {
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // STATUS is not offered: vhost-user-backend 0.24 does not handle
-        // SET_STATUS/GET_STATUS.
+        // SET_STATUS/GET_STATUS. CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG) is
+        // handled by the crate and required by libblkio-style frontends.
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::RESET_DEVICE
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
     fn reset_device(&self) {
