@@ -284,6 +284,12 @@ impl Lab {
         };
         lines.extend(l1_lines);
         let (l1_done, l2) = parse_lines(&lines);
+        for (name, r) in &l2 {
+            eprintln!(
+                "lab: {name}: init={} done_rc={:?} exit={:?} ms={:?} ({mode:?})",
+                r.init_seen, r.done_rc, r.exit, r.millis
+            );
+        }
         LabRun {
             mode,
             l1_done,
