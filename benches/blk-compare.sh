@@ -65,10 +65,13 @@ RUST_LOG=warn "$bin/splitvm-blk" --socket-path "$sock" --image "$image" &
 pids+=($!)
 run_one splitvm-blk "$sock" $!
 
-sock=$work/qsd.sock
-qemu-storage-daemon \
-	--blockdev "driver=file,node-name=f,filename=$image" \
-	--blockdev driver=raw,node-name=d,file=f \
-	--export "type=vhost-user-blk,id=e,addr.type=unix,addr.path=$sock,node-name=d,writable=on" &
-pids+=($!)
-run_one qemu-storage-daemon "$sock" $!
+# qsd as documented (aio=threads, its default), then with aio=io_uring.
+for aio in threads io_uring; do
+	sock=$work/qsd-$aio.sock
+	qemu-storage-daemon \
+		--blockdev "driver=file,node-name=f,filename=$image,aio=$aio" \
+		--blockdev driver=raw,node-name=d,file=f \
+		--export "type=vhost-user-blk,id=e,addr.type=unix,addr.path=$sock,node-name=d,writable=on" &
+	pids+=($!)
+	run_one "qemu-storage-daemon(aio=$aio)" "$sock" $!
+done
