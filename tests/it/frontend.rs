@@ -140,6 +140,7 @@ impl Driver {
             let _ = call.read();
             (m.read_obj::<u16>(GuestAddress(USED + 2)).unwrap() == want).then_some(())
         });
+        assert_ne!(self.r(0x060) & 1, 0, "InterruptStatus reports VRING");
         if kind == 0 {
             m.read_slice(data, GuestAddress(DATA)).unwrap();
         }

@@ -197,7 +197,17 @@ impl MmioTransport {
             },
             REG_QUEUE_NUM_MAX => self.max_sizes.get(q).copied().map_or(0, u32::from),
             REG_QUEUE_READY => self.queues.get(q).map_or(0, |c| u32::from(c.ready)),
-            REG_INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
+            // A vhost-user backend signals its call eventfd for used buffers
+            // without telling the VMM, so once the device runs every
+            // interrupt may be a ring interrupt (Firecracker does the same).
+            REG_INTERRUPT_STATUS => {
+                let running = if self.status & STATUS_DRIVER_OK != 0 {
+                    INT_VRING
+                } else {
+                    0
+                };
+                self.interrupt_status.load(Ordering::SeqCst) | running
+            }
             REG_STATUS => self.status,
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX, // no shared memory regions
             REG_CONFIG_GENERATION => self.config_generation.load(Ordering::SeqCst),
