@@ -316,3 +316,193 @@ impl BusDevice for MmioTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::devices::virtio::DeviceError;
+
+    #[derive(Default)]
+    struct Seen {
+        activated: Vec<(u64, Vec<QueueConfig>)>,
+        resets: usize,
+    }
+
+    /// A device model standing in for a backend: the transport's logic is
+    /// what is under test here; real backends are tested in tests/it.
+    struct Model {
+        seen: Arc<Mutex<Seen>>,
+        fail: bool,
+    }
+
+    impl VirtioDevice for Model {
+        fn device_type(&self) -> u32 {
+            2
+        }
+        fn features(&self) -> u64 {
+            F_VERSION_1 | 1 << 9
+        }
+        fn queue_max_sizes(&self) -> Vec<u16> {
+            vec![64, 64]
+        }
+        fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(&mut self, act: Activation<'_>) -> Result<(), DeviceError> {
+            if self.fail {
+                return Err(DeviceError("backend gone".into()));
+            }
+            self.seen
+                .lock()
+                .unwrap()
+                .activated
+                .push((act.features, act.queues.to_vec()));
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.seen.lock().unwrap().resets += 1;
+        }
+    }
+
+    fn transport(fail: bool) -> (MmioTransport, Arc<Mutex<Seen>>, Vec<EventFd>) {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let kicks: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).unwrap()).collect();
+        let clones = kicks.iter().map(|k| k.try_clone().unwrap()).collect();
+        let call = Arc::new(EventFd::new(0).unwrap());
+        let t = MmioTransport::new(
+            Box::new(Model {
+                seen: seen.clone(),
+                fail,
+            }),
+            clones,
+            call,
+        );
+        (t, seen, kicks)
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn negotiate(t: &mut MmioTransport, features: u64) -> u32 {
+        w(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(t, REG_DRIVER_FEATURES_SEL, 0);
+        w(t, REG_DRIVER_FEATURES, features as u32);
+        w(t, REG_DRIVER_FEATURES_SEL, 1);
+        w(t, REG_DRIVER_FEATURES, (features >> 32) as u32);
+        w(
+            t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        r(t, REG_STATUS)
+    }
+
+    #[test]
+    fn identity_registers() {
+        let (mut t, _, _) = transport(false);
+        assert_eq!(r(&mut t, REG_MAGIC), MAGIC);
+        assert_eq!(r(&mut t, REG_VERSION), 2);
+        assert_eq!(r(&mut t, REG_DEVICE_ID), 2);
+        w(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, REG_DEVICE_FEATURES), 1);
+        w(&mut t, REG_QUEUE_SEL, 1);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 64);
+        w(&mut t, REG_QUEUE_SEL, 2);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 0, "no third queue");
+        let mut cfg = [0u8; 2];
+        t.read(CONFIG_SPACE + 7, &mut cfg);
+        assert_eq!(cfg, [7, 7]);
+    }
+
+    #[test]
+    fn features_ok_refused_for_unoffered_or_legacy_features() {
+        let (mut t, _, _) = transport(false);
+        let st = negotiate(&mut t, F_VERSION_1 | 1 << 20);
+        assert_eq!(st & STATUS_FEATURES_OK, 0, "unoffered bit 20");
+        w(&mut t, REG_STATUS, 0);
+        let st = negotiate(&mut t, 1 << 9);
+        assert_eq!(st & STATUS_FEATURES_OK, 0, "no VERSION_1");
+        w(&mut t, REG_STATUS, 0);
+        let st = negotiate(&mut t, F_VERSION_1 | 1 << 9);
+        assert_ne!(st & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn driver_ok_activates_with_queue_config_and_reset_stops() {
+        let (mut t, seen, kicks) = transport(false);
+        negotiate(&mut t, F_VERSION_1);
+        w(&mut t, REG_QUEUE_SEL, 1);
+        w(&mut t, REG_QUEUE_NUM, 100); // not a power of two: ignored
+        w(&mut t, REG_QUEUE_NUM, 128); // above the maximum: ignored
+        w(&mut t, REG_QUEUE_NUM, 32);
+        w(&mut t, REG_QUEUE_DESC_LOW, 0x1000);
+        w(&mut t, REG_QUEUE_DESC_HIGH, 0x1);
+        w(&mut t, REG_QUEUE_AVAIL_LOW, 0x2000);
+        w(&mut t, REG_QUEUE_USED_LOW, 0x3000);
+        w(&mut t, REG_QUEUE_READY, 1);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+        let st = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+        w(&mut t, REG_STATUS, st);
+        assert_eq!(r(&mut t, REG_STATUS), st);
+        {
+            let s = seen.lock().unwrap();
+            let (features, queues) = &s.activated[0];
+            assert_eq!(*features, F_VERSION_1);
+            assert!(!queues[0].ready);
+            assert_eq!(
+                queues[1],
+                QueueConfig {
+                    size: 32,
+                    ready: true,
+                    desc: 0x1_0000_1000,
+                    avail: 0x2000,
+                    used: 0x3000
+                }
+            );
+        }
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS) & INT_VRING, INT_VRING);
+        // Queue registers are frozen while running.
+        w(&mut t, REG_QUEUE_DESC_LOW, 0x9000);
+        assert_eq!(t.queues[1].desc, 0x1_0000_1000);
+        // A notify that reaches the bus is forwarded to the kick eventfd.
+        w(&mut t, REG_QUEUE_NOTIFY, 1);
+        assert_eq!(kicks[1].read().unwrap(), 1);
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(seen.lock().unwrap().resets, 1);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+        assert_eq!(t.queues[1], QueueConfig::default());
+    }
+
+    #[test]
+    fn failed_activation_sets_needs_reset_and_config_interrupt() {
+        let (mut t, _, _) = transport(true);
+        negotiate(&mut t, F_VERSION_1);
+        let st = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        w(&mut t, REG_STATUS, st | STATUS_DRIVER_OK);
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+        assert_ne!(r(&mut t, REG_INTERRUPT_STATUS) & INT_CONFIG, 0);
+        assert_eq!(r(&mut t, REG_CONFIG_GENERATION), 1);
+        w(&mut t, REG_INTERRUPT_ACK, INT_CONFIG);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS) & INT_CONFIG, 0);
+    }
+
+    #[test]
+    fn odd_sized_register_accesses_are_ignored() {
+        let (mut t, _, _) = transport(false);
+        let mut b = [0xffu8; 2];
+        t.read(REG_MAGIC, &mut b);
+        assert_eq!(b, [0, 0]);
+        t.write(REG_STATUS, &[1]);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+    }
+}
