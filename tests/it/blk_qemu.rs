@@ -221,7 +221,7 @@ fn blk_qemu_linux_guest_reads_writes_and_mkfs() {
         .arg(&initrd_path)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 tsc_early_khz={} panic=-1 reboot=k quiet",
+            "console=ttyS0 tsc_early_khz={} panic=-1 reboot=t quiet",
             tsc_khz()
         ));
     let mut qemu = ChildGuard::spawn("qemu", cmd);
