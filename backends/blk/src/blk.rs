@@ -313,7 +313,7 @@ pub fn parse<M: GuestMemoryBackend>(
                 cut(readable, HEADER_LEN, rlen - HEADER_LEN)
             };
             let len = total(&data);
-            if len == 0 || !len.is_multiple_of(SECTOR_SIZE) {
+            if len == 0 || len % SECTOR_SIZE != 0 {
                 return Err(fail(S_IOERR, BlkError::BadLength(len)));
             }
             let out_of_range = BlkError::OutOfRange { sector, len };
@@ -373,7 +373,7 @@ fn parse_ranges<M: GuestMemoryBackend>(
     discard: bool,
 ) -> Result<Vec<Range>, (u8, BlkError)> {
     let bad = |why| (S_IOERR, BlkError::BadRanges(why));
-    if len == 0 || !len.is_multiple_of(RANGE_LEN) {
+    if len == 0 || len % RANGE_LEN != 0 {
         return Err(bad("payload not a non-empty multiple of 16 bytes"));
     }
     let n = len / RANGE_LEN;

@@ -104,7 +104,7 @@ fn open_image(cfg: &Config) -> Result<(File, u64), BlkBackendError> {
             path: cfg.image.clone(),
             source,
         })?;
-    if !size.is_multiple_of(SECTOR_SIZE) {
+    if size % SECTOR_SIZE != 0 {
         warn!(
             "image size {size} is not a multiple of {SECTOR_SIZE}; the last {} bytes are not used",
             size % SECTOR_SIZE
