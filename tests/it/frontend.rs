@@ -206,12 +206,16 @@ fn image(dir: &Path) -> std::path::PathBuf {
     p
 }
 
-#[test]
-fn frontend_drives_qemu_storage_daemon() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let sock = dir.path().join("qsd.sock");
+/// Starts qemu-storage-daemon exporting `img` on `sock`, with a QMP monitor on `qmp`.
+fn spawn_qsd(img: &Path, sock: &Path, qmp: &Path) -> ChildGuard {
     let mut cmd = Command::new("qemu-storage-daemon");
+    cmd.arg("--chardev")
+        .arg(format!(
+            "socket,id=m,path={},server=on,wait=off",
+            qmp.display()
+        ))
+        .arg("--monitor")
+        .arg("chardev=m");
     cmd.arg("--blockdev")
         .arg(format!(
             "driver=file,node-name=f,filename={}",
@@ -224,10 +228,19 @@ fn frontend_drives_qemu_storage_daemon() {
             "type=vhost-user-blk,id=e,addr.type=unix,addr.path={},node-name=d,writable=on",
             sock.display()
         ));
-    let _qsd = ChildGuard::spawn("qemu-storage-daemon", cmd);
+    let qsd = ChildGuard::spawn("qemu-storage-daemon", cmd);
     wait_for("the qsd socket", Duration::from_secs(20), || {
         sock.exists().then_some(())
     });
+    qsd
+}
+
+#[test]
+fn frontend_drives_qemu_storage_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let sock = dir.path().join("qsd.sock");
+    let _qsd = spawn_qsd(&img, &sock, &dir.path().join("qmp.sock"));
     let mut d = driver_for(&sock);
     exercise(&mut d, &img);
 }

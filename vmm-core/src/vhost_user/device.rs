@@ -9,11 +9,22 @@ use vhost::vhost_user::VhostUserFrontend;
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
+use super::backend_req::{BackendReqThread, ConfigState};
 use super::frontend::{BackendConnection, FrontendError, F_PROTOCOL_FEATURES};
+use crate::devices::virtio::mmio::ConfigNotifier;
 use crate::devices::virtio::{
     Activation, DeviceError, VirtioDevice, TYPE_BLOCK, TYPE_INPUT, TYPE_NET,
 };
 use crate::vstate::memory::GuestMemory;
+
+/// A raw fd owned elsewhere, lent to `set_backend_request_fd`.
+struct BorrowedRawFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for BorrowedRawFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
 
 /// The kinds of device splitvm attaches through vhost-user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +95,8 @@ pub struct VhostUserDevice {
     num_queues: usize,
     /// Queues handed to the backend by the last activation.
     started: Vec<usize>,
+    config_state: ConfigState,
+    _backend_req: Option<BackendReqThread>,
 }
 
 impl VhostUserDevice {
@@ -102,7 +115,10 @@ impl VhostUserDevice {
             config: vec![0; kind.config_size() as usize],
             num_queues: 0,
             started: Vec::new(),
+            config_state: ConfigState::default(),
+            _backend_req: None,
         };
+        dev.start_backend_requests()?;
         dev.refresh_config()?;
         let mut n = kind.num_queues(&dev.config, dev.conn.features);
         if let Some(max) = dev.conn.queue_num {
@@ -110,6 +126,28 @@ impl VhostUserDevice {
         }
         dev.num_queues = n.max(1);
         Ok(dev)
+    }
+
+    /// With `BACKEND_REQ`, opens the channel a backend uses to report
+    /// config changes.
+    fn start_backend_requests(&mut self) -> Result<(), FrontendError> {
+        if !self.conn.has(VhostUserProtocolFeatures::BACKEND_REQ) {
+            return Ok(());
+        }
+        let name = self.conn.path().display().to_string();
+        let reply_ack = self.conn.has(VhostUserProtocolFeatures::REPLY_ACK);
+        let (thread, fd) = BackendReqThread::start(&name, self.config_state.clone(), reply_ack)
+            .map_err(|e| FrontendError::Channel {
+                path: name.clone(),
+                reason: e.to_string(),
+            })?;
+        let fd = BorrowedRawFd(fd);
+        self.conn
+            .frontend()
+            .set_backend_request_fd(&fd)
+            .map_err(self.conn.err("SET_BACKEND_REQ_FD"))?;
+        self._backend_req = Some(thread);
+        Ok(())
     }
 
     fn refresh_config(&mut self) -> Result<(), FrontendError> {
@@ -210,6 +248,15 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+        if self
+            .config_state
+            .stale
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            if let Err(e) = self.refresh_config() {
+                log::warn!("{e}");
+            }
+        }
         let start = offset as usize;
         match self.config.get(start..start.saturating_add(data.len())) {
             Some(src) => data.copy_from_slice(src),
@@ -243,6 +290,12 @@ impl VirtioDevice for VhostUserDevice {
             act.features
         );
         Ok(())
+    }
+
+    fn set_config_notifier(&mut self, notifier: ConfigNotifier) {
+        if let Ok(mut n) = self.config_state.notifier.lock() {
+            *n = Some(notifier);
+        }
     }
 
     fn reset(&mut self) {

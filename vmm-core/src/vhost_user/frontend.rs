@@ -18,6 +18,7 @@ pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::RESET_DEVICE
+        | VhostUserProtocolFeatures::BACKEND_REQ
 }
 
 /// The most queues any device may have; bounds the frontend's index checks.
@@ -33,6 +34,8 @@ pub enum FrontendError {
         #[source]
         source: std::io::Error,
     },
+    #[error("backend socket {path}: {reason}")]
+    Channel { path: String, reason: String },
     #[error("backend socket {path}: ring address {gpa:#x} is outside guest memory")]
     BadRingAddress { path: String, gpa: u64 },
     #[error("backend socket {path}: {what} failed: {source}")]

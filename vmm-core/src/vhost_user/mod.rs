@@ -2,5 +2,6 @@
 //! Data never passes here: backends map guest memory and are kicked and
 //! signal interrupts through eventfds bound in KVM.
 
+pub mod backend_req;
 pub mod device;
 pub mod frontend;

@@ -93,7 +93,7 @@ impl MmioTransport {
     /// `kicks` holds one eventfd per queue, `call` the irqfd's eventfd.
     pub fn new(device: Box<dyn VirtioDevice>, kicks: Vec<EventFd>, call: Arc<EventFd>) -> Self {
         let max_sizes = device.queue_max_sizes();
-        MmioTransport {
+        let mut t = MmioTransport {
             queues: vec![QueueConfig::default(); max_sizes.len()],
             max_sizes,
             device,
@@ -106,7 +106,10 @@ impl MmioTransport {
             config_generation: Arc::new(AtomicU32::new(0)),
             kicks,
             call,
-        }
+        };
+        let notifier = t.config_notifier();
+        t.device.set_config_notifier(notifier);
+        t
     }
 
     pub fn config_notifier(&self) -> ConfigNotifier {

@@ -52,4 +52,6 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, act: Activation<'_>) -> Result<(), DeviceError>;
     /// The driver reset the device (status 0): stop serving.
     fn reset(&mut self);
+    /// Gives the device a way to raise config-change interrupts.
+    fn set_config_notifier(&mut self, _notifier: mmio::ConfigNotifier) {}
 }
