@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use splitvm_tests::hostile::blk::spawn_blk;
@@ -35,7 +35,7 @@ const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 
 /// The guest side: registers through the bus interface, rings in memory.
 struct Driver {
-    t: MmioTransport,
+    t: Arc<Mutex<MmioTransport>>,
     mem: GuestMemory,
     call: Arc<EventFd>,
     next_avail: u16,
@@ -44,12 +44,12 @@ struct Driver {
 impl Driver {
     fn r(&mut self, off: u64) -> u32 {
         let mut b = [0u8; 4];
-        self.t.read(off, &mut b);
+        self.t.lock().unwrap().read(off, &mut b);
         u32::from_le_bytes(b)
     }
 
     fn w(&mut self, off: u64, v: u32) {
-        self.t.write(off, &v.to_le_bytes());
+        self.t.lock().unwrap().write(off, &v.to_le_bytes());
     }
 
     /// Feature negotiation and queue 0 setup, as Linux's virtio_mmio does.
@@ -89,7 +89,7 @@ impl Driver {
         assert_eq!(self.r(0x070), st | STATUS_DRIVER_OK, "device started");
         // Capacity in 512-byte sectors, from the backend's config space.
         let mut cap = [0u8; 8];
-        self.t.read(0x100, &mut cap);
+        self.t.lock().unwrap().read(0x100, &mut cap);
         u64::from_le_bytes(cap)
     }
 
@@ -104,6 +104,12 @@ impl Driver {
 
     /// Submits a 3-descriptor blk request and waits for its completion.
     fn request(&mut self, kind: u32, sector: u64, data: &mut [u8]) -> u8 {
+        self.submit(kind, sector, data);
+        self.complete(kind, data, Duration::from_secs(10))
+    }
+
+    /// Puts a request in the ring and notifies the device.
+    fn submit(&mut self, kind: u32, sector: u64, data: &[u8]) {
         let m = self.mem.clone();
         m.write_obj(kind, GuestAddress(HDR)).unwrap();
         m.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
@@ -134,9 +140,14 @@ impl Driver {
             .unwrap();
         // QueueNotify: in a VM this is an ioeventfd; the transport forwards it.
         self.w(0x050, 0);
+    }
+
+    /// Waits until the used ring catches up with what was submitted.
+    fn complete(&mut self, kind: u32, data: &mut [u8], limit: Duration) -> u8 {
+        let m = self.mem.clone();
         let want = self.next_avail;
         let call = self.call.clone();
-        wait_for("the used ring to advance", Duration::from_secs(10), || {
+        wait_for("the used ring to advance", limit, || {
             let _ = call.read();
             (m.read_obj::<u16>(GuestAddress(USED + 2)).unwrap() == want).then_some(())
         });
@@ -162,7 +173,11 @@ fn driver_for(socket: &Path) -> Driver {
         .collect();
     let call = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
     Driver {
-        t: MmioTransport::new(Box::new(dev), kicks, call.clone()),
+        t: Arc::new(Mutex::new(MmioTransport::new(
+            Box::new(dev),
+            kicks,
+            call.clone(),
+        ))),
         mem,
         call,
         next_avail: 0,
@@ -255,4 +270,45 @@ fn frontend_drives_splitvm_blk() {
     });
     let mut d = driver_for(&sock);
     exercise(&mut d, &img);
+}
+
+/// kill -9 the backend between requests and while a request waits: the
+/// monitor reconnects to the restarted backend on the same socket, replays
+/// the device state, and the queued request completes.
+#[test]
+fn frontend_survives_backend_kill_and_restart() {
+    use vmm_core::vhost_user::monitor::{Monitor, ReconnectPolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let (blk, sock) = spawn_blk(dir.path(), &img, &[]);
+    wait_for("the splitvm-blk socket", Duration::from_secs(20), || {
+        sock.exists().then_some(())
+    });
+    let mut d = driver_for(&sock);
+    let _mon = Monitor::start("blk0".into(), d.t.clone(), ReconnectPolicy::Forever).unwrap();
+    d.init();
+    let mut blk = blk;
+    for round in 0..5u8 {
+        let data = vec![round; 4096];
+        assert_eq!(d.request(1, u64::from(round) * 8, &mut data.clone()), 0);
+        blk.signal(libc::SIGKILL);
+        blk.wait_exit(Duration::from_secs(10));
+        // Submitted while no backend runs: the kick waits in the eventfd.
+        let later = vec![round + 100; 4096];
+        d.submit(1, 1000 + u64::from(round) * 8, &later);
+        let (b, s2) = spawn_blk(dir.path(), &img, &[]);
+        assert_eq!(s2, sock);
+        blk = b;
+        assert_eq!(
+            d.complete(1, &mut [], Duration::from_secs(20)),
+            0,
+            "round {round}"
+        );
+        let on_disk = std::fs::read(&img).unwrap();
+        let at = |s: u64| &on_disk[(s * 512) as usize..(s * 512 + 4096) as usize];
+        assert_eq!(at(u64::from(round) * 8), &data[..]);
+        assert_eq!(at(1000 + u64::from(round) * 8), &later[..]);
+    }
+    let reconnects = vmm_core::vhost_user::monitor::with_device(&d.t, |v| v.reconnects());
+    assert_eq!(reconnects, Some(5));
 }

@@ -10,6 +10,7 @@ use crate::arch::x86_64::boot::{detect_format, BootProtocol};
 use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, GSI_MAX, VIRTIO_GSI_START};
 use crate::config::{merge_cmdline, DeviceConfig, SerialTarget, VmConfig};
 use crate::vhost_user::device::DeviceKind;
+use crate::vhost_user::monitor::ReconnectPolicy;
 
 /// splitvm: a KVM VMM whose devices run as separate vhost-user processes.
 #[derive(Parser, Debug)]
@@ -69,6 +70,10 @@ pub struct RunArgs {
     /// Seconds to keep retrying each backend socket at startup.
     #[arg(long, default_value_t = 30)]
     pub connect_timeout: u64,
+    /// Seconds to wait for a new backend after one goes away; by default
+    /// splitvm waits forever and the guest never notices.
+    #[arg(long)]
+    pub reconnect_timeout: Option<u64>,
 }
 
 /// Parses `socket=PATH`, the one key a device argument has today.
@@ -225,6 +230,10 @@ impl TryFrom<RunArgs> for VmConfig {
         Ok(VmConfig {
             devices,
             connect_timeout: std::time::Duration::from_secs(a.connect_timeout),
+            reconnect: match a.reconnect_timeout {
+                None => ReconnectPolicy::Forever,
+                Some(s) => ReconnectPolicy::GiveUpAfter(std::time::Duration::from_secs(s)),
+            },
             kernel: a.kernel,
             initrd: a.initrd,
             cmdline,

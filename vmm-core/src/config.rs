@@ -34,6 +34,8 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     /// How long to keep retrying a backend socket at startup.
     pub connect_timeout: std::time::Duration,
+    /// What to do when a backend goes away while the guest runs.
+    pub reconnect: crate::vhost_user::monitor::ReconnectPolicy,
 }
 
 /// Parameters splitvm adds unless the user's command line sets them.

@@ -26,6 +26,7 @@ use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::VirtioDevice;
 use crate::vhost_user::device::VhostUserDevice;
 use crate::vhost_user::frontend::FrontendError;
+use crate::vhost_user::monitor::Monitor;
 use crate::vstate::memory::{self, GuestMemory};
 use crate::vstate::vcpu::{ExitSignal, Vcpu, VcpuError, VmExitEvent};
 use crate::vstate::vm::{Vm, VmError};
@@ -96,7 +97,16 @@ impl VmmError {
 }
 
 /// A built VM, ready to start.
+/// A vhost-user device on the MMIO bus, with its supervision thread.
+pub struct AttachedDevice {
+    /// `blk0`, `net1`, ...: the name the API and logs use.
+    pub name: String,
+    pub transport: Arc<Mutex<MmioTransport>>,
+    _monitor: Monitor,
+}
+
 pub struct Vmm {
+    devices: Vec<AttachedDevice>,
     // The memslots point into `mem`; the Vmm must outlive the vCPU threads,
     // so `run` borrows it and the caller drops it only at process exit.
     _vm: Vm,
@@ -144,6 +154,7 @@ impl Vmm {
             .transpose()?;
         let mut mmio = Bus::new();
         let mut mmio_infos = Vec::new();
+        let mut devices = Vec::new();
         for (i, dev) in cfg.devices.iter().enumerate() {
             let info = MmioDeviceInfo {
                 addr: VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE,
@@ -152,8 +163,20 @@ impl Vmm {
             };
             let backend =
                 VhostUserDevice::connect(dev.kind, &dev.socket, mem.clone(), cfg.connect_timeout)?;
-            let transport = attach_mmio(&vm, Box::new(backend), info)?;
-            mmio.insert(info.addr, info.len, Arc::new(Mutex::new(transport)))?;
+            let transport = Arc::new(Mutex::new(attach_mmio(&vm, Box::new(backend), info)?));
+            mmio.insert(info.addr, info.len, transport.clone())?;
+            let name = format!("{}{i}", dev.kind.name());
+            let monitor = Monitor::start(name.clone(), transport.clone(), cfg.reconnect).map_err(
+                |source| VmmError::Thread {
+                    name: format!("monitor-{name}"),
+                    source,
+                },
+            )?;
+            devices.push(AttachedDevice {
+                name,
+                transport,
+                _monitor: monitor,
+            });
             mmio_infos.push(info);
         }
         let mut full_cmdline = cfg.cmdline.clone();
@@ -197,6 +220,7 @@ impl Vmm {
             )?);
         }
         Ok(Vmm {
+            devices,
             _vm: vm,
             _mem: mem,
             _memfd: memfd,
@@ -204,6 +228,11 @@ impl Vmm {
             exit,
             serial,
         })
+    }
+
+    /// The VM's vhost-user devices.
+    pub fn devices(&self) -> &[AttachedDevice] {
+        &self.devices
     }
 
     /// Starts one thread per vCPU and waits for the VM to end.

@@ -1,102 +1,61 @@
 //! A virtio device whose queues a vhost-user backend serves. Generic over
-//! the device type: block, net and input differ only in [`DeviceKind`].
+//! the device type ([`DeviceKind`]). It remembers what the driver set up, so
+//! a new backend (after a crash, or a swap) can be given the same state.
 
-use std::path::Path;
+use std::any::Any;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserInflight, VhostUserProtocolFeatures,
+};
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::backend_req::{BackendReqThread, ConfigState};
 use super::frontend::{BackendConnection, FrontendError, F_PROTOCOL_FEATURES};
+use super::kind::VIRTIO_F_ACCESS_PLATFORM;
+pub use super::kind::{DeviceKind, DEFAULT_QUEUE_SIZE};
 use crate::devices::virtio::mmio::ConfigNotifier;
-use crate::devices::virtio::{
-    Activation, DeviceError, VirtioDevice, TYPE_BLOCK, TYPE_INPUT, TYPE_NET,
-};
+use crate::devices::virtio::{Activation, DeviceError, QueueConfig, VirtioDevice};
 use crate::vstate::memory::GuestMemory;
 
-/// A raw fd owned elsewhere, lent to `set_backend_request_fd`.
-struct BorrowedRawFd(std::os::fd::RawFd);
+/// A raw fd owned elsewhere, lent to the vhost crate for one call.
+struct LentFd(std::os::fd::RawFd);
 
-impl std::os::fd::AsRawFd for BorrowedRawFd {
+impl AsRawFd for LentFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.0
     }
 }
 
-/// The kinds of device splitvm attaches through vhost-user.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceKind {
-    Block,
-    Net,
-    Input,
-}
-
-const VIRTIO_BLK_F_MQ: u64 = 1 << 12;
-const VIRTIO_NET_F_CTRL_VQ: u64 = 1 << 17;
-const VIRTIO_NET_F_MQ: u64 = 1 << 22;
-/// `VIRTIO_F_ACCESS_PLATFORM`: there is no IOMMU here.
-const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
-/// Queue size offered to the driver; backends accept up to their `--queue-size`.
-pub const DEFAULT_QUEUE_SIZE: u16 = 256;
-
-impl DeviceKind {
-    pub fn device_type(self) -> u32 {
-        match self {
-            DeviceKind::Block => TYPE_BLOCK,
-            DeviceKind::Net => TYPE_NET,
-            DeviceKind::Input => TYPE_INPUT,
-        }
-    }
-
-    /// Bytes of config space fetched from the backend.
-    fn config_size(self) -> u32 {
-        match self {
-            // virtio_blk_config up to write_zeroes_may_unmap and padding.
-            DeviceKind::Block => 60,
-            // mac, status, max_virtqueue_pairs, mtu.
-            DeviceKind::Net => 12,
-            // select, subsel, size, reserved[5], union of 128 bytes.
-            DeviceKind::Input => 136,
-        }
-    }
-
-    /// Number of queues, from the config space where the device type says so.
-    fn num_queues(self, config: &[u8], features: u64) -> usize {
-        let le16 = |off: usize| {
-            config
-                .get(off..off + 2)
-                .map_or(1, |b| usize::from(u16::from_le_bytes([b[0], b[1]])))
-        };
-        match self {
-            DeviceKind::Block if features & VIRTIO_BLK_F_MQ != 0 => le16(34).max(1),
-            DeviceKind::Block => 1,
-            DeviceKind::Net => {
-                let pairs = if features & VIRTIO_NET_F_MQ != 0 {
-                    le16(8).max(1)
-                } else {
-                    1
-                };
-                2 * pairs + usize::from(features & VIRTIO_NET_F_CTRL_VQ != 0)
-            }
-            DeviceKind::Input => 2,
-        }
-    }
+/// What the driver configured at DRIVER_OK, kept for replays.
+struct Running {
+    features: u64,
+    queues: Vec<QueueConfig>,
+    kicks: Vec<EventFd>,
+    call: EventFd,
 }
 
 /// A device served by a vhost-user backend process.
 pub struct VhostUserDevice {
     kind: DeviceKind,
     conn: BackendConnection,
+    /// False between a backend's death and the next successful restore.
+    connected: bool,
     mem: GuestMemory,
     config: Vec<u8>,
     num_queues: usize,
-    /// Queues handed to the backend by the last activation.
-    started: Vec<usize>,
+    running: Option<Running>,
+    /// The inflight region (`INFLIGHT_SHMFD`), kept across backends.
+    inflight: Option<(File, VhostUserInflight)>,
     config_state: ConfigState,
-    _backend_req: Option<BackendReqThread>,
+    backend_req: Option<BackendReqThread>,
+    reconnects: u64,
 }
 
 impl VhostUserDevice {
@@ -111,12 +70,15 @@ impl VhostUserDevice {
         let mut dev = VhostUserDevice {
             kind,
             conn,
+            connected: true,
             mem,
             config: vec![0; kind.config_size() as usize],
             num_queues: 0,
-            started: Vec::new(),
+            running: None,
+            inflight: None,
             config_state: ConfigState::default(),
-            _backend_req: None,
+            backend_req: None,
+            reconnects: 0,
         };
         dev.start_backend_requests()?;
         dev.refresh_config()?;
@@ -128,9 +90,36 @@ impl VhostUserDevice {
         Ok(dev)
     }
 
+    /// The backend's socket path.
+    pub fn socket(&self) -> &Path {
+        self.conn.path()
+    }
+
+    pub fn kind(&self) -> DeviceKind {
+        self.kind
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// How many times a new backend has taken over.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// A duplicate of the connection's socket, for watching it hang up.
+    pub fn watch_fd(&self) -> Option<OwnedFd> {
+        // SAFETY: dup of a socket fd we own; the result is owned by the OwnedFd.
+        let fd = unsafe { libc::dup(self.conn.frontend().as_raw_fd()) };
+        // SAFETY: `fd` is a fresh descriptor returned by dup and owned by nobody else.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
     /// With `BACKEND_REQ`, opens the channel a backend uses to report
     /// config changes.
     fn start_backend_requests(&mut self) -> Result<(), FrontendError> {
+        self.backend_req = None;
         if !self.conn.has(VhostUserProtocolFeatures::BACKEND_REQ) {
             return Ok(());
         }
@@ -141,12 +130,11 @@ impl VhostUserDevice {
                 path: name.clone(),
                 reason: e.to_string(),
             })?;
-        let fd = BorrowedRawFd(fd);
         self.conn
-            .frontend()
-            .set_backend_request_fd(&fd)
+            .frontend_mut()
+            .set_backend_request_fd(&LentFd(fd))
             .map_err(self.conn.err("SET_BACKEND_REQ_FD"))?;
-        self._backend_req = Some(thread);
+        self.backend_req = Some(thread);
         Ok(())
     }
 
@@ -158,68 +146,102 @@ impl VhostUserDevice {
         let zero = vec![0u8; size as usize];
         let (_, payload) = self
             .conn
-            .frontend()
+            .frontend_mut()
             .get_config(0, size, VhostUserConfigFlags::WRITABLE, &zero)
             .map_err(self.conn.err("GET_CONFIG"))?;
         self.config = payload;
         Ok(())
     }
 
-    /// The backend's socket path.
-    pub fn socket(&self) -> &Path {
-        self.conn.path()
+    fn ring_va(&self, gpa: u64) -> Result<u64, FrontendError> {
+        self.mem
+            .get_host_address(GuestAddress(gpa))
+            .map(|p| p as u64)
+            .map_err(|_| FrontendError::BadRingAddress {
+                path: self.conn.path().display().to_string(),
+                gpa,
+            })
     }
 
-    fn start(&mut self, act: &Activation<'_>) -> Result<(), FrontendError> {
-        let mut features = act.features;
+    /// Sends the inflight region: created by the first backend that offers
+    /// `INFLIGHT_SHMFD`, handed to every later one.
+    fn setup_inflight(&mut self) -> Result<(), FrontendError> {
+        if !self.conn.has(VhostUserProtocolFeatures::INFLIGHT_SHMFD) {
+            return Ok(());
+        }
+        if self.inflight.is_none() {
+            let want = VhostUserInflight {
+                num_queues: self.num_queues as u16,
+                queue_size: DEFAULT_QUEUE_SIZE,
+                ..Default::default()
+            };
+            let got = self
+                .conn
+                .frontend_mut()
+                .get_inflight_fd(&want)
+                .map_err(self.conn.err("GET_INFLIGHT_FD"))?;
+            self.inflight = Some((got.1, got.0));
+        }
+        if let Some((file, info)) = &self.inflight {
+            self.conn
+                .frontend_mut()
+                .set_inflight_fd(info, file.as_raw_fd())
+                .map_err(self.conn.err("SET_INFLIGHT_FD"))?;
+        }
+        Ok(())
+    }
+
+    /// Hands the backend everything the driver set up. `bases` gives each
+    /// queue's next available index (0 on a fresh start).
+    fn start(&mut self, bases: &[u16]) -> Result<(), FrontendError> {
+        let Some(run) = &self.running else {
+            return Ok(());
+        };
+        let mut features = run.features;
         if self.conn.features & F_PROTOCOL_FEATURES != 0 {
             features |= F_PROTOCOL_FEATURES;
         }
-        self.conn
-            .frontend()
-            .set_features(features)
-            .map_err(self.conn.err("SET_FEATURES"))?;
+        let mut rings = Vec::new();
+        for (i, q) in run.queues.iter().enumerate() {
+            if q.ready && q.size > 0 {
+                let ring = VringConfigData {
+                    queue_max_size: DEFAULT_QUEUE_SIZE,
+                    queue_size: q.size,
+                    flags: 0,
+                    desc_table_addr: self.ring_va(q.desc)?,
+                    used_ring_addr: self.ring_va(q.used)?,
+                    avail_ring_addr: self.ring_va(q.avail)?,
+                    log_addr: None,
+                };
+                rings.push((i, q.size, ring, bases.get(i).copied().unwrap_or(0)));
+            }
+        }
+        self.setup_inflight()?;
         let regions = self
             .mem
             .iter()
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.conn.err("describing guest memory"))?;
-        self.conn
-            .frontend()
-            .set_mem_table(&regions)
-            .map_err(self.conn.err("SET_MEM_TABLE"))?;
         let enable = self.conn.features & F_PROTOCOL_FEATURES != 0;
-        for (i, q) in act.queues.iter().enumerate() {
-            if !q.ready || q.size == 0 {
-                continue;
-            }
-            let va = |gpa: u64| {
-                self.mem
-                    .get_host_address(GuestAddress(gpa))
-                    .map(|p| p as u64)
-                    .map_err(|_| FrontendError::BadRingAddress {
-                        path: self.conn.path().display().to_string(),
-                        gpa,
-                    })
-            };
-            let ring = VringConfigData {
-                queue_max_size: DEFAULT_QUEUE_SIZE,
-                queue_size: q.size,
-                flags: 0,
-                desc_table_addr: va(q.desc)?,
-                used_ring_addr: va(q.used)?,
-                avail_ring_addr: va(q.avail)?,
-                log_addr: None,
-            };
-            let (kick, call) = (&act.kicks[i], act.call);
-            let fe = self.conn.frontend();
+        let Some(run) = &self.running else {
+            return Ok(());
+        };
+        let fe = self.conn.frontend_mut();
+        let r = fe
+            .set_features(features)
+            .and_then(|_| fe.set_mem_table(&regions).map(|_| ()));
+        r.map_err(self.conn.err("SET_FEATURES/SET_MEM_TABLE"))?;
+        let path = self.conn.path().display().to_string();
+        let fe = self.conn.frontend_mut();
+        for (i, size, ring, base) in &rings {
+            let i = *i;
             let r = fe
-                .set_vring_num(i, q.size)
-                .and_then(|_| fe.set_vring_addr(i, &ring))
-                .and_then(|_| fe.set_vring_base(i, 0))
-                .and_then(|_| fe.set_vring_call(i, call))
-                .and_then(|_| fe.set_vring_kick(i, kick))
+                .set_vring_num(i, *size)
+                .and_then(|_| fe.set_vring_addr(i, ring))
+                .and_then(|_| fe.set_vring_base(i, *base))
+                .and_then(|_| fe.set_vring_call(i, &run.call))
+                .and_then(|_| fe.set_vring_kick(i, &run.kicks[i]))
                 .and_then(|_| {
                     if enable {
                         fe.set_vring_enable(i, true)
@@ -227,10 +249,122 @@ impl VhostUserDevice {
                         Ok(())
                     }
                 });
-            r.map_err(self.conn.err("setting up a vring"))?;
-            self.started.push(i);
+            r.map_err(|source| FrontendError::Request {
+                path: path.clone(),
+                what: "setting up a vring",
+                source,
+            })?;
         }
+        log::info!(
+            "{}: started {} queue(s), features {features:#x}",
+            self.conn.path().display(),
+            rings.len()
+        );
         Ok(())
+    }
+
+    /// Where each queue resumes after its backend died without telling us
+    /// its position: the guest's used index. Requests after it are replayed
+    /// (exactly once when the backend tracks them in the inflight region).
+    fn bases_from_used_rings(&self) -> Vec<u16> {
+        let Some(run) = &self.running else {
+            return Vec::new();
+        };
+        run.queues
+            .iter()
+            .map(|q| {
+                if q.ready {
+                    self.mem
+                        .read_obj::<u16>(GuestAddress(q.used + 2))
+                        .unwrap_or(0)
+                } else {
+                    0
+                }
+            })
+            .collect()
+    }
+
+    /// Stops every running queue (`GET_VRING_BASE`); returns their positions.
+    fn stop_queues(&mut self) -> Result<Vec<u16>, FrontendError> {
+        let Some(run) = &self.running else {
+            return Ok(Vec::new());
+        };
+        let ready: Vec<bool> = run.queues.iter().map(|q| q.ready).collect();
+        let mut bases = vec![0u16; ready.len()];
+        for (i, r) in ready.iter().enumerate() {
+            if *r {
+                let b = self
+                    .conn
+                    .frontend_mut()
+                    .get_vring_base(i)
+                    .map_err(self.conn.err("GET_VRING_BASE"))?;
+                bases[i] = b as u16;
+            }
+        }
+        Ok(bases)
+    }
+
+    /// The backend went away: stop using its connection.
+    pub fn mark_disconnected(&mut self) {
+        self.connected = false;
+        self.backend_req = None;
+    }
+
+    /// A new backend on the same socket takes over after the old one died.
+    pub fn restore(&mut self, conn: BackendConnection) -> Result<(), FrontendError> {
+        self.conn = conn;
+        self.connected = true;
+        self.start_backend_requests()?;
+        self.refresh_config()?;
+        let bases = self.bases_from_used_rings();
+        self.start(&bases)?;
+        self.reconnects += 1;
+        Ok(())
+    }
+
+    /// Moves the device to the backend behind `new`: the old one is
+    /// quiesced (`GET_VRING_BASE`), the new one gets the same state. If the
+    /// new one fails, the old one is restarted where it stopped.
+    pub fn swap(&mut self, new: BackendConnection) -> Result<PathBuf, FrontendError> {
+        let bases = if self.connected {
+            self.stop_queues()?
+        } else {
+            self.bases_from_used_rings()
+        };
+        let old = std::mem::replace(&mut self.conn, new);
+        let old_path = old.path().to_path_buf();
+        let result = self
+            .start_backend_requests()
+            .and_then(|_| self.refresh_config())
+            .and_then(|_| self.start(&bases));
+        match result {
+            Ok(()) => {
+                self.connected = true;
+                self.reconnects += 1;
+                log::info!(
+                    "swapped {} -> {}",
+                    old_path.display(),
+                    self.conn.path().display()
+                );
+                Ok(old_path)
+            }
+            Err(e) => {
+                log::warn!(
+                    "swap to {} failed ({e}); keeping {}",
+                    self.conn.path().display(),
+                    old_path.display()
+                );
+                self.conn = old;
+                self.start_backend_requests()?;
+                self.start(&bases)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Negotiated virtio features (0 before the driver started the device).
+    pub fn acked_features(&self) -> u64 {
+        self.running.as_ref().map_or(0, |r| r.features)
     }
 }
 
@@ -248,10 +382,11 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
-        if self
-            .config_state
-            .stale
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        if self.connected
+            && self
+                .config_state
+                .stale
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             if let Err(e) = self.refresh_config() {
                 log::warn!("{e}");
@@ -265,14 +400,15 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        if !self.conn.has(VhostUserProtocolFeatures::CONFIG)
+        if !self.connected
+            || !self.conn.has(VhostUserProtocolFeatures::CONFIG)
             || offset as usize + data.len() > self.config.len()
         {
             return;
         }
         let r = self
             .conn
-            .frontend()
+            .frontend_mut()
             .set_config(offset as u32, VhostUserConfigFlags::WRITABLE, data)
             .map_err(self.conn.err("SET_CONFIG"));
         // Some fields select what the rest shows (virtio-input): re-read.
@@ -282,14 +418,23 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn activate(&mut self, act: Activation<'_>) -> Result<(), DeviceError> {
-        self.start(&act).map_err(|e| DeviceError(e.to_string()))?;
-        log::info!(
-            "{}: started {} queue(s), features {:#x}",
-            self.conn.path().display(),
-            self.started.len(),
-            act.features
-        );
-        Ok(())
+        let clone = |e: &EventFd| e.try_clone().map_err(|e| DeviceError(e.to_string()));
+        self.running = Some(Running {
+            features: act.features,
+            queues: act.queues.to_vec(),
+            kicks: act.kicks.iter().map(clone).collect::<Result<_, _>>()?,
+            call: clone(act.call)?,
+        });
+        if !self.connected {
+            // The monitor hands this state to the next backend.
+            log::warn!(
+                "{}: activated while the backend is away",
+                self.socket().display()
+            );
+            return Ok(());
+        }
+        let zeros = vec![0; self.num_queues];
+        self.start(&zeros).map_err(|e| DeviceError(e.to_string()))
     }
 
     fn set_config_notifier(&mut self, notifier: ConfigNotifier) {
@@ -299,16 +444,22 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn reset(&mut self) {
-        // GET_VRING_BASE stops each ring; the backend finishes what it has.
-        for i in std::mem::take(&mut self.started) {
-            if let Err(e) = self.conn.frontend().get_vring_base(i) {
-                log::warn!("{}: GET_VRING_BASE {i}: {e}", self.conn.path().display());
+        if self.connected {
+            if let Err(e) = self.stop_queues() {
+                log::warn!("{e}");
+            }
+            if self.conn.has(VhostUserProtocolFeatures::RESET_DEVICE) {
+                if let Err(e) = self.conn.frontend_mut().reset_device() {
+                    log::warn!("{}: RESET_DEVICE: {e}", self.socket().display());
+                }
             }
         }
-        if self.conn.has(VhostUserProtocolFeatures::RESET_DEVICE) {
-            if let Err(e) = self.conn.frontend().reset_device() {
-                log::warn!("{}: RESET_DEVICE: {e}", self.conn.path().display());
-            }
-        }
+        self.running = None;
+        // A reset driver starts over: nothing in flight survives it.
+        self.inflight = None;
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
     }
 }

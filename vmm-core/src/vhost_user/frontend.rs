@@ -19,6 +19,7 @@ pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::RESET_DEVICE
         | VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
 }
 
 /// The most queues any device may have; bounds the frontend's index checks.
@@ -145,7 +146,11 @@ impl BackendConnection {
     }
 
     /// The underlying frontend, for the vring and config requests.
-    pub fn frontend(&mut self) -> &mut Frontend {
+    pub fn frontend_mut(&mut self) -> &mut Frontend {
         &mut self.fe
+    }
+
+    pub fn frontend(&self) -> &Frontend {
+        &self.fe
     }
 }

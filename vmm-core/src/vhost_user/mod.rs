@@ -5,3 +5,5 @@
 pub mod backend_req;
 pub mod device;
 pub mod frontend;
+pub mod kind;
+pub mod monitor;

@@ -124,6 +124,11 @@ impl MmioTransport {
         self.status
     }
 
+    /// The device behind this window.
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
     fn queue(&mut self) -> Option<&mut QueueConfig> {
         self.queues.get_mut(self.queue_sel as usize)
     }
@@ -367,6 +372,9 @@ mod tests {
         }
         fn reset(&mut self) {
             self.seen.lock().unwrap().resets += 1;
+        }
+        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+            self
         }
     }
 

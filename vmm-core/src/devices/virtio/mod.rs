@@ -54,4 +54,6 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// Gives the device a way to raise config-change interrupts.
     fn set_config_notifier(&mut self, _notifier: mmio::ConfigNotifier) {}
+    /// For code that knows the concrete device (reconnect, swap).
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
