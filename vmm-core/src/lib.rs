@@ -4,6 +4,7 @@
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod api;
 pub mod arch;
 pub mod cli;
 pub mod config;
