@@ -1,22 +1,19 @@
-//! `splitvm-net`: the vhost-user net backend. Not implemented yet: it takes
-//! the common backend arguments and exits 1 so that callers see a clear error.
+//! `splitvm-net` entry point: parse, validate, serve; log any error once and
+//! exit 1.
 
 use clap::Parser;
-use splitvm_backends::cli::CommonArgs;
-
-/// splitvm vhost-user net backend (not implemented yet).
-#[derive(Parser, Debug)]
-#[command(name = "splitvm-net", version)]
-struct Args {
-    #[command(flatten)]
-    common: CommonArgs,
-}
+use splitvm_net::cli::Args;
+use splitvm_net::{start_backend, Config};
 
 fn main() {
     let args = Args::parse();
     splitvm_backends::logging::init("splitvm-net", args.common.log_level);
-    log::debug!("socket {}", args.common.socket_path.display());
-    eprintln!("splitvm-net: not implemented yet");
-    #[allow(clippy::exit)] // main is the one exit point
-    std::process::exit(1);
+    let result = Config::try_from(args)
+        .map_err(|e| e.to_string())
+        .and_then(|c| start_backend(c).map_err(|e| e.to_string()));
+    if let Err(e) = result {
+        log::error!("{e}");
+        #[allow(clippy::exit)] // main is the one exit point
+        std::process::exit(1);
+    }
 }

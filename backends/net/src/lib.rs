@@ -1,0 +1,139 @@
+//! `splitvm-net`: a vhost-user net device backend on a tap device.
+//!
+//! Files: `cli.rs` (arguments → [`Config`]), `net.rs` (headers, checks,
+//! config space, control commands; no sockets and no `unsafe`), `tap.rs`
+//! (the tap fds), `backend_req.rs` (config-change notification),
+//! `vhu_net.rs` (the `VhostUserBackend`), and this file ([`start_backend`]
+//! and the link control).
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod backend_req;
+pub mod cli;
+#[forbid(unsafe_code)]
+pub mod net;
+pub mod tap;
+pub mod vhu_net;
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use log::info;
+use signal_hook::consts::{SIGUSR1, SIGUSR2};
+use signal_hook::iterator::Signals;
+use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
+
+use crate::net::Counters;
+use crate::tap::{Tap, TapError};
+use crate::vhu_net::{feature_names, NetDevice, VhostUserNetBackend};
+
+/// Where the tap comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// Open (or create) the named tap, one fd per queue pair.
+    Name(String),
+    /// Fds already open, one per queue pair.
+    Fds(Vec<RawFd>),
+}
+
+/// Everything `splitvm-net` needs, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// vhost-user socket.
+    pub socket_path: PathBuf,
+    /// The tap.
+    pub tap: TapSource,
+    /// MAC in the config space.
+    pub mac: [u8; 6],
+    /// Queue pairs.
+    pub queues: u16,
+    /// Largest queue size accepted.
+    pub queue_size: u16,
+    /// MTU offered (`VIRTIO_NET_F_MTU`).
+    pub mtu: Option<u16>,
+    /// Initial link state.
+    pub link_up: bool,
+}
+
+/// Errors of `splitvm-net`.
+#[derive(Debug, thiserror::Error)]
+pub enum NetBackendError {
+    /// The tap could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// The link-control signal handlers could not be installed.
+    #[error("cannot install SIGUSR1/SIGUSR2 handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The serve loop failed.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+}
+
+fn open_taps(cfg: &Config) -> Result<Vec<Tap>, TapError> {
+    match &cfg.tap {
+        TapSource::Name(n) => Tap::open_named(n, usize::from(cfg.queues)),
+        TapSource::Fds(fds) => fds.iter().map(|&fd| Tap::from_fd(fd)).collect(),
+    }
+}
+
+/// Opens the tap and serves frontends on `config.socket_path` until
+/// SIGTERM/SIGINT, listening again after each disconnect.
+pub fn start_backend(config: Config) -> Result<(), NetBackendError> {
+    let taps = open_taps(&config)?;
+    let tap_offloads = taps.first().map_or(0, Tap::probe_offloads);
+    let name = taps
+        .first()
+        .map(|t| t.name().to_string())
+        .unwrap_or_default();
+    let dev = Arc::new(NetDevice {
+        taps,
+        mac: config.mac,
+        mtu: config.mtu,
+        queue_size: config.queue_size,
+        tap_offloads,
+        link_up: AtomicBool::new(config.link_up),
+        counters: Counters::default(),
+        backend_req: Mutex::new(None),
+    });
+    info!(
+        "tap {name}, {} queue pair(s) of up to {}, tap offloads {tap_offloads:#x}",
+        config.queues, config.queue_size
+    );
+    info!("offering virtio features {}", feature_names(dev.features()));
+
+    let mut signals = Signals::new([SIGUSR1, SIGUSR2]).map_err(NetBackendError::Signals)?;
+    let link_handle = signals.handle();
+    let dev2 = dev.clone();
+    thread::Builder::new()
+        .name("link".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                dev2.set_link(sig == SIGUSR2);
+            }
+        })
+        .map_err(NetBackendError::Signals)?;
+
+    let serve = ServeConfig {
+        name: "splitvm-net".into(),
+        socket_path: config.socket_path.clone(),
+        reconnect: true,
+    };
+    let mut connections = 0u64;
+    let result = daemon::serve(&serve, || {
+        if connections > 0 {
+            info!("counters: {}", dev.counters);
+        }
+        connections += 1;
+        *dev.backend_req
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        Ok(VhostUserNetBackend::new(dev.clone()))
+    });
+    link_handle.close();
+    info!("counters: {}", dev.counters);
+    result?;
+    Ok(())
+}
