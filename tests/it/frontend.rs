@@ -312,3 +312,50 @@ fn frontend_survives_backend_kill_and_restart() {
     let reconnects = vmm_core::vhost_user::monitor::with_device(&d.t, |v| v.reconnects());
     assert_eq!(reconnects, Some(5));
 }
+
+/// Swap: the device moves from one splitvm-blk process to another serving
+/// the same image; requests before and after land, the old backend sees
+/// its frontend go.
+#[test]
+fn swap_moves_a_running_device_to_another_backend() {
+    use vmm_core::vhost_user::frontend::BackendConnection;
+    use vmm_core::vhost_user::monitor::{with_device, Monitor, ReconnectPolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let a_dir = dir.path().join("a");
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let (mut a, sock_a) = spawn_blk(&a_dir, &img, &[]);
+    let (_b, sock_b) = spawn_blk(&b_dir, &img, &[]);
+    for s in [&sock_a, &sock_b] {
+        wait_for("a splitvm-blk socket", Duration::from_secs(20), || {
+            s.exists().then_some(())
+        });
+    }
+    let mut d = driver_for(&sock_a);
+    let _mon = Monitor::start("blk0".into(), d.t.clone(), ReconnectPolicy::Forever).unwrap();
+    d.init();
+    let first = vec![0x11u8; 4096];
+    assert_eq!(d.request(1, 0, &mut first.clone()), 0);
+
+    let conn = BackendConnection::connect(&sock_b, Duration::from_secs(5)).unwrap();
+    let old = with_device(&d.t, |v| v.swap(conn)).unwrap().unwrap();
+    assert_eq!(old, sock_a);
+    a.wait_for_line("frontend disconnected", Duration::from_secs(10));
+    let second = vec![0x22u8; 4096];
+    assert_eq!(
+        d.request(1, 8, &mut second.clone()),
+        0,
+        "served by the new backend"
+    );
+    let mut back = vec![0u8; 4096];
+    assert_eq!(d.request(0, 0, &mut back), 0);
+    assert_eq!(back, first, "the new backend sees what the old one wrote");
+    let on_disk = std::fs::read(&img).unwrap();
+    assert_eq!(&on_disk[4096..8192], &second[..]);
+    assert_eq!(
+        with_device(&d.t, |v| v.socket().to_path_buf()).unwrap(),
+        sock_b
+    );
+}

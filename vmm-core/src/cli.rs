@@ -70,6 +70,9 @@ pub struct RunArgs {
     /// Seconds to keep retrying each backend socket at startup.
     #[arg(long, default_value_t = 30)]
     pub connect_timeout: u64,
+    /// Serve the management API (HTTP/1.1 + JSON) on this unix socket.
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
     /// Seconds to wait for a new backend after one goes away; by default
     /// splitvm waits forever and the guest never notices.
     #[arg(long)]
@@ -228,6 +231,7 @@ impl TryFrom<RunArgs> for VmConfig {
             return Err(ConfigError::TooManyDevices(devices.len()));
         }
         Ok(VmConfig {
+            api_socket: a.api_socket,
             devices,
             connect_timeout: std::time::Duration::from_secs(a.connect_timeout),
             reconnect: match a.reconnect_timeout {

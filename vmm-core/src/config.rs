@@ -34,6 +34,8 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     /// How long to keep retrying a backend socket at startup.
     pub connect_timeout: std::time::Duration,
+    /// Where to serve the management API, if anywhere.
+    pub api_socket: Option<PathBuf>,
     /// What to do when a backend goes away while the guest runs.
     pub reconnect: crate::vhost_user::monitor::ReconnectPolicy,
 }

@@ -42,7 +42,7 @@ fn run(args: vmm_core::cli::RunArgs) -> ExitCode {
         }
     };
     let code = match vmm.run() {
-        Ok(VmExitEvent::Reset | VmExitEvent::Shutdown) => ExitCode::SUCCESS,
+        Ok(VmExitEvent::Reset | VmExitEvent::Shutdown | VmExitEvent::Killed) => ExitCode::SUCCESS,
         Ok(ev) => {
             eprintln!("splitvm: {ev}");
             ExitCode::from(EXIT_FAILURE)

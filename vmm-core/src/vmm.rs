@@ -11,6 +11,7 @@ use vmm_sys_util::terminal::Terminal;
 
 use kvm_ioctls::IoEventAddress;
 
+use crate::api::control::{DeviceHandle, VmmHandle};
 use crate::arch::x86_64::acpi::MmioDeviceInfo;
 use crate::arch::x86_64::layout::{
     CMDLINE_MAX_SIZE, CMOS_PORT, I8042_PORT, SERIAL_IRQ, SERIAL_PORT, VIRTIO_GSI_START,
@@ -28,8 +29,10 @@ use crate::vhost_user::device::VhostUserDevice;
 use crate::vhost_user::frontend::FrontendError;
 use crate::vhost_user::monitor::Monitor;
 use crate::vstate::memory::{self, GuestMemory};
+use crate::vstate::run_state::{install_kick_handler, RunState};
 use crate::vstate::vcpu::{ExitSignal, Vcpu, VcpuError, VmExitEvent};
 use crate::vstate::vm::{Vm, VmError};
+use std::os::unix::thread::JoinHandleExt;
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,7 @@ pub struct AttachedDevice {
 
 pub struct Vmm {
     devices: Vec<AttachedDevice>,
+    handle: Arc<VmmHandle>,
     // The memslots point into `mem`; the Vmm must outlive the vCPU threads,
     // so `run` borrows it and the caller drops it only at process exit.
     _vm: Vm,
@@ -206,9 +210,11 @@ impl Vmm {
         let mmio = Arc::new(mmio);
 
         let mut vcpus = Vec::new();
+        let run_state = RunState::default();
+        let mut counters = Vec::new();
         for id in 0..cfg.cpus {
             let entry = (id == 0).then(|| kernel.entry());
-            vcpus.push(Vcpu::new(
+            let mut vcpu = Vcpu::new(
                 &vm,
                 &mem,
                 id,
@@ -217,10 +223,33 @@ impl Vmm {
                 pio.clone(),
                 mmio.clone(),
                 exit.clone(),
-            )?);
+            )?;
+            vcpu.set_run_state(run_state.clone());
+            counters.push(vcpu.counters());
+            vcpus.push(vcpu);
         }
+        let handle = Arc::new(VmmHandle {
+            vcpus: cfg.cpus,
+            memory_bytes: cfg.memory_bytes,
+            kernel: cfg.kernel.clone(),
+            cmdline: full_cmdline,
+            started: std::time::Instant::now(),
+            devices: devices
+                .iter()
+                .map(|d: &AttachedDevice| DeviceHandle {
+                    name: d.name.clone(),
+                    transport: d.transport.clone(),
+                })
+                .collect(),
+            run_state,
+            counters: Mutex::new(counters),
+            exit: exit.clone(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            swap_connect_timeout: cfg.connect_timeout,
+        });
         Ok(Vmm {
             devices,
+            handle,
             _vm: vm,
             _mem: mem,
             _memfd: memfd,
@@ -236,16 +265,25 @@ impl Vmm {
     }
 
     /// Starts one thread per vCPU and waits for the VM to end.
+    /// What the management API controls.
+    pub fn handle(&self) -> Arc<VmmHandle> {
+        self.handle.clone()
+    }
+
     pub fn run(&mut self) -> Result<VmExitEvent, VmmError> {
+        if let Err(e) = install_kick_handler() {
+            log::warn!("no vCPU kick signal ({e}): pausing will not work");
+        }
         for mut vcpu in std::mem::take(&mut self.vcpus) {
             let name = format!("vcpu{}", vcpu.id());
-            thread::Builder::new()
+            let h = thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
                     let ev = vcpu.run();
                     log::debug!("vcpu{} stopped: {ev}", vcpu.id());
                 })
                 .map_err(|source| VmmError::Thread { name, source })?;
+            self.handle.run_state.add_thread(h.as_pthread_t());
         }
         let _stdin = StdinForwarder::start(self.serial.clone());
         Ok(self.exit.wait())

@@ -2,7 +2,13 @@
 //! server (`http.rs`) calls; the VMM implements it (`control.rs`). The
 //! types are the JSON bodies described in `docs/api.yaml`.
 
+pub mod http;
+pub mod metrics;
+pub mod routes;
+
 use std::path::PathBuf;
+
+pub mod control;
 
 use serde::{Deserialize, Serialize};
 

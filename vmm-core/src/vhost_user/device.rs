@@ -56,7 +56,20 @@ pub struct VhostUserDevice {
     config_state: ConfigState,
     backend_req: Option<BackendReqThread>,
     reconnects: u64,
+    /// Link state forced by the VMM's API (net only).
+    link_override: Option<bool>,
+    /// Written when the connection is replaced, so the monitor watches the new one.
+    conn_changed: std::sync::Arc<EventFd>,
+    /// Requests completed per queue as last seen, and their running total.
+    used_seen: Vec<u16>,
+    completed: u64,
+    errors: u64,
 }
+
+/// `VIRTIO_NET_F_STATUS` and the config `status` field's link bit.
+const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+const NET_STATUS_OFFSET: usize = 6;
+const VIRTIO_NET_S_LINK_UP: u8 = 1;
 
 impl VhostUserDevice {
     /// Connects to the backend at `socket` and reads its config space.
@@ -79,6 +92,18 @@ impl VhostUserDevice {
             config_state: ConfigState::default(),
             backend_req: None,
             reconnects: 0,
+            link_override: None,
+            conn_changed: std::sync::Arc::new(
+                EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(|e| {
+                    FrontendError::Channel {
+                        path: socket.display().to_string(),
+                        reason: e.to_string(),
+                    }
+                })?,
+            ),
+            used_seen: Vec::new(),
+            completed: 0,
+            errors: 0,
         };
         dev.start_backend_requests()?;
         dev.refresh_config()?;
@@ -114,6 +139,11 @@ impl VhostUserDevice {
         let fd = unsafe { libc::dup(self.conn.frontend().as_raw_fd()) };
         // SAFETY: `fd` is a fresh descriptor returned by dup and owned by nobody else.
         (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Signalled whenever the device moves to another connection.
+    pub fn conn_changed(&self) -> std::sync::Arc<EventFd> {
+        self.conn_changed.clone()
     }
 
     /// With `BACKEND_REQ`, opens the channel a backend uses to report
@@ -341,6 +371,7 @@ impl VhostUserDevice {
             Ok(()) => {
                 self.connected = true;
                 self.reconnects += 1;
+                let _ = self.conn_changed.write(1);
                 log::info!(
                     "swapped {} -> {}",
                     old_path.display(),
@@ -360,6 +391,87 @@ impl VhostUserDevice {
                 Err(e)
             }
         }
+    }
+
+    /// Forces the link state the guest sees (net devices offering STATUS).
+    pub fn set_link(&mut self, up: bool) -> Result<(), String> {
+        if self.kind != DeviceKind::Net {
+            return Err(format!("{} is not a net device", self.socket().display()));
+        }
+        if self.conn.features & VIRTIO_NET_F_STATUS == 0 {
+            return Err("the backend does not offer VIRTIO_NET_F_STATUS".to_string());
+        }
+        self.link_override = Some(up);
+        Ok(())
+    }
+
+    /// The link state the guest sees, for net devices.
+    pub fn link_up(&self) -> Option<bool> {
+        if self.kind != DeviceKind::Net {
+            return None;
+        }
+        let status = self.config.get(NET_STATUS_OFFSET).copied().unwrap_or(0);
+        Some(
+            self.link_override
+                .unwrap_or(status & VIRTIO_NET_S_LINK_UP != 0),
+        )
+    }
+
+    /// The backend process's pid, from the socket's peer credentials.
+    pub fn backend_pid(&self) -> Option<u32> {
+        if !self.connected {
+            return None;
+        }
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cred`, a
+        // properly sized and aligned ucred; the fd is our connected socket.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.conn.frontend().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+    }
+
+    /// Requests completed so far and requests in flight, read from the
+    /// rings in guest memory (the VMM is not on the data path to count).
+    pub fn ring_counters(&mut self) -> (u64, u64) {
+        let Some(run) = &self.running else {
+            return (self.completed, 0);
+        };
+        let mut in_flight = 0u64;
+        self.used_seen.resize(run.queues.len(), 0);
+        for (i, q) in run.queues.iter().enumerate() {
+            if !q.ready {
+                continue;
+            }
+            let used = self
+                .mem
+                .read_obj::<u16>(GuestAddress(q.used + 2))
+                .unwrap_or(0);
+            let avail = self
+                .mem
+                .read_obj::<u16>(GuestAddress(q.avail + 2))
+                .unwrap_or(0);
+            self.completed += u64::from(used.wrapping_sub(self.used_seen[i]));
+            self.used_seen[i] = used;
+            in_flight += u64::from(avail.wrapping_sub(used));
+        }
+        (self.completed, in_flight)
+    }
+
+    /// Failed requests to the backend.
+    pub fn errors(&self) -> u64 {
+        self.errors
     }
 
     /// Negotiated virtio features (0 before the driver started the device).
@@ -397,6 +509,16 @@ impl VirtioDevice for VhostUserDevice {
             Some(src) => data.copy_from_slice(src),
             None => data.fill(0),
         }
+        if let Some(up) = self.link_override {
+            if start <= NET_STATUS_OFFSET && NET_STATUS_OFFSET < start + data.len() {
+                let b = &mut data[NET_STATUS_OFFSET - start];
+                *b = if up {
+                    *b | VIRTIO_NET_S_LINK_UP
+                } else {
+                    *b & !VIRTIO_NET_S_LINK_UP
+                };
+            }
+        }
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -413,6 +535,7 @@ impl VirtioDevice for VhostUserDevice {
             .map_err(self.conn.err("SET_CONFIG"));
         // Some fields select what the rest shows (virtio-input): re-read.
         if let Err(e) = r.and_then(|_| self.refresh_config()) {
+            self.errors += 1;
             log::warn!("{e}");
         }
     }
@@ -433,8 +556,12 @@ impl VirtioDevice for VhostUserDevice {
             );
             return Ok(());
         }
+        self.used_seen = vec![0; self.num_queues];
         let zeros = vec![0; self.num_queues];
-        self.start(&zeros).map_err(|e| DeviceError(e.to_string()))
+        self.start(&zeros).map_err(|e| {
+            self.errors += 1;
+            DeviceError(e.to_string())
+        })
     }
 
     fn set_config_notifier(&mut self, notifier: ConfigNotifier) {
@@ -446,6 +573,7 @@ impl VirtioDevice for VhostUserDevice {
     fn reset(&mut self) {
         if self.connected {
             if let Err(e) = self.stop_queues() {
+                self.errors += 1;
                 log::warn!("{e}");
             }
             if self.conn.has(VhostUserProtocolFeatures::RESET_DEVICE) {

@@ -70,8 +70,16 @@ impl Drop for Monitor {
     }
 }
 
-/// Waits until `fd` hangs up (true) or `stop` fires (false).
-fn wait_hangup(fd: &OwnedFd, stop: &EventFd) -> bool {
+/// What ended a wait on a backend connection.
+enum Woke {
+    HungUp,
+    Replaced,
+    Stopped,
+}
+
+/// Waits until `fd` hangs up, the device moves to another connection, or
+/// `stop` fires.
+fn wait_hangup(fd: &OwnedFd, changed: &EventFd, stop: &EventFd) -> Woke {
     loop {
         let mut fds = [
             libc::pollfd {
@@ -86,21 +94,30 @@ fn wait_hangup(fd: &OwnedFd, stop: &EventFd) -> bool {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: changed.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // SAFETY: `fds` is a valid array of two pollfd structs for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: `fds` is a valid array of three pollfd structs for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
         if n < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return false;
+            return Woke::Stopped;
         }
         if fds[1].revents != 0 {
-            return false;
+            return Woke::Stopped;
         }
-        if fds[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
-        {
-            return true;
+        if fds[2].revents != 0 {
+            let _ = changed.read();
+            return Woke::Replaced;
+        }
+        let gone = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+        if fds[0].revents & gone != 0 {
+            return Woke::HungUp;
         }
     }
 }
@@ -120,11 +137,13 @@ fn pause(stop: &EventFd, d: Duration) -> bool {
 
 fn supervise(t: &Mutex<MmioTransport>, stop: &EventFd, policy: ReconnectPolicy) {
     loop {
-        let Some(Some(fd)) = with_device(t, |d| d.watch_fd()) else {
+        let Some((Some(fd), changed)) = with_device(t, |d| (d.watch_fd(), d.conn_changed())) else {
             return;
         };
-        if !wait_hangup(&fd, stop) {
-            return;
+        match wait_hangup(&fd, &changed, stop) {
+            Woke::Stopped => return,
+            Woke::Replaced => continue,
+            Woke::HungUp => {}
         }
         drop(fd);
         let Some(path) = with_device(t, |d| {

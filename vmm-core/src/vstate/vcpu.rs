@@ -8,6 +8,7 @@ use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EV
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::memory::GuestMemory;
+use super::run_state::{ExitCounters, RunState};
 use super::vm::Vm;
 use crate::arch::x86_64::boot::EntryPoint;
 use crate::arch::x86_64::{cpuid, regs};
@@ -18,8 +19,11 @@ use crate::devices::bus::Bus;
 pub enum VmExitEvent {
     /// The guest reset the machine (i8042 0xFE, or a KVM reset event).
     Reset,
-    /// The guest powered off through KVM's shutdown event.
+    /// The guest powered off through KVM's shutdown event, or the API
+    /// asked for a graceful shutdown.
     Shutdown,
+    /// The API asked to end the VM at once.
+    Killed,
     /// A vCPU failed: a KVM internal error, a triple fault, a failed entry.
     Error { vcpu: u8, rip: u64, reason: String },
 }
@@ -28,7 +32,8 @@ impl fmt::Display for VmExitEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VmExitEvent::Reset => write!(f, "guest reset"),
-            VmExitEvent::Shutdown => write!(f, "guest shut down"),
+            VmExitEvent::Shutdown => write!(f, "shut down"),
+            VmExitEvent::Killed => write!(f, "killed through the API"),
             VmExitEvent::Error { vcpu, rip, reason } => {
                 write!(f, "vcpu{vcpu} failed at rip {rip:#x}: {reason}")
             }
@@ -102,6 +107,8 @@ pub struct Vcpu {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     exit: ExitSignal,
+    run_state: RunState,
+    counters: Arc<ExitCounters>,
 }
 
 impl Vcpu {
@@ -139,6 +146,8 @@ impl Vcpu {
             pio,
             mmio,
             exit,
+            run_state: RunState::default(),
+            counters: Arc::new(ExitCounters::default()),
         })
     }
 
@@ -146,9 +155,23 @@ impl Vcpu {
         self.id
     }
 
+    /// Shares the VM's pause control with this vCPU.
+    pub fn set_run_state(&mut self, rs: RunState) {
+        self.run_state = rs;
+    }
+
+    /// This vCPU's exit counters.
+    pub fn counters(&self) -> Arc<ExitCounters> {
+        self.counters.clone()
+    }
+
     /// Runs until the VM ends; returns the event that ended it.
     pub fn run(&mut self) -> VmExitEvent {
         loop {
+            self.run_state.park_if_paused();
+            if self.exit.is_set() {
+                return self.exit.wait();
+            }
             if let Some(ev) = self.run_once() {
                 self.exit.signal(ev.clone());
                 return ev;
@@ -163,22 +186,26 @@ impl Vcpu {
     fn run_once(&mut self) -> Option<VmExitEvent> {
         let failure = match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
+                ExitCounters::bump(&self.counters.io);
                 if !self.pio.read(u64::from(port), data) {
                     data.fill(0xff);
                 }
                 None
             }
             Ok(VcpuExit::IoOut(port, data)) => {
+                ExitCounters::bump(&self.counters.io);
                 self.pio.write(u64::from(port), data);
                 None
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                ExitCounters::bump(&self.counters.mmio);
                 if !self.mmio.read(addr, data) {
                     data.fill(0xff);
                 }
                 None
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                ExitCounters::bump(&self.counters.mmio);
                 self.mmio.write(addr, data);
                 None
             }
@@ -194,7 +221,10 @@ impl Vcpu {
                 "VM entry failed: hardware reason {reason:#x} on host cpu {cpu}"
             )),
             Ok(VcpuExit::Hlt) => Some("halted with no irqchip to wake it".to_string()),
-            Ok(VcpuExit::Intr) => None,
+            Ok(VcpuExit::Intr) => {
+                ExitCounters::bump(&self.counters.other);
+                None
+            }
             Ok(other) => Some(format!("unexpected exit {other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
             Err(e) => Some(format!("KVM_RUN failed: {e}")),

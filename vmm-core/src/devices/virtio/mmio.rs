@@ -124,6 +124,11 @@ impl MmioTransport {
         self.status
     }
 
+    /// Stops the device as a driver reset would (used at VMM shutdown).
+    pub fn stop(&mut self) {
+        self.reset();
+    }
+
     /// The device behind this window.
     pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
         self.device.as_mut()
