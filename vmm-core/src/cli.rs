@@ -24,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Boot a guest and run it until it resets or powers off.
     Run(RunArgs),
+    /// Query or steer a running splitvm through its API socket.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -8,6 +8,7 @@ pub mod api;
 pub mod arch;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod devices;
 pub mod vhost_user;
 pub mod vmm;

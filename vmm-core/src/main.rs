@@ -18,6 +18,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Ctl(args) => match vmm_core::ctl::run(&args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("splitvm ctl: error: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
     }
 }
 
