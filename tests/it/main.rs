@@ -5,3 +5,4 @@ mod blk_qemu;
 mod boot_cli;
 mod frontend;
 mod nested_lab;
+mod net_hostile;

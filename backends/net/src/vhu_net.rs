@@ -244,6 +244,9 @@ fn segments(chain: DescriptorChain<Mem>, write: bool) -> Result<Vec<Seg>, NetErr
             len: d.len() as usize,
         });
     }
+    if capacity(&v) == 0 {
+        return Err(NetError::BadChain("no buffer space"));
+    }
     Ok(v)
 }
 
@@ -422,6 +425,7 @@ impl VhostUserNetBackend {
                     break;
                 }
                 Err(e) => {
+                    used = true;
                     Counters::bump(&dev.counters.rx_bad_buffers);
                     self.guest_warn(&format!("queue {}: RX frame dropped", 2 * p), &e);
                 }
@@ -446,34 +450,52 @@ impl VhostUserNetBackend {
         let need = hdr_len + frame_len;
         let mut chains: Vec<(u16, Vec<Seg>)> = Vec::new();
         let mut have = 0usize;
+        let mut skipped_bad = false;
         let mut q = vring.get_mut();
         let queue = q.get_queue_mut();
         while have < need {
             let Some(chain) = queue.pop_descriptor_chain(mem.clone()) else {
-                for _ in 0..chains.len() {
-                    queue.go_to_previous_position();
+                if !skipped_bad {
+                    for _ in 0..chains.len() {
+                        queue.go_to_previous_position();
+                    }
+                    return Ok(Rx::NoBuffers);
                 }
-                return Ok(Rx::NoBuffers);
+                // A bad chain sits between these and the ring's end: they
+                // cannot be given back, so they are returned unused.
+                for (head, _) in &chains {
+                    if let Err(e) = queue.add_used(&**mem, *head, 0) {
+                        warn!("add_used({head}): {e}");
+                    }
+                }
+                return Err(NetError::BadChain(
+                    "RX buffers interleaved with a bad chain",
+                ));
             };
             let head = chain.head_index();
             let segs = match segments(chain, true) {
                 Ok(s) => s,
                 Err(e) => {
-                    // Return the bad chain unused; earlier chains go back.
-                    for _ in 0..chains.len() {
-                        queue.go_to_previous_position();
+                    // The bad chain goes back unused; keep looking.
+                    if let Err(e) = queue.add_used(&**mem, head, 0) {
+                        warn!("add_used({head}): {e}");
                     }
-                    drop(q);
-                    Self::add_used(vring, head, 0);
-                    return Err(e);
+                    Counters::bump(&self.inner.dev.counters.rx_bad_buffers);
+                    self.guest_warn("RX chain returned unused", &e);
+                    skipped_bad = true;
+                    continue;
                 }
             };
             have = have.saturating_add(capacity(&segs));
-            chains.push((head, segs));
             if !mrg && have < need {
-                queue.go_to_previous_position();
+                // Without merged buffers a frame takes one chain: this one
+                // goes back unused and the frame is dropped.
+                if let Err(e) = queue.add_used(&**mem, head, 0) {
+                    warn!("add_used({head}): {e}");
+                }
                 return Err(NetError::RxBufferTooSmall { have, need });
             }
+            chains.push((head, segs));
         }
         drop(q);
         let n = u16::try_from(chains.len()).unwrap_or(u16::MAX);

@@ -6,6 +6,7 @@
 
 pub mod blk;
 pub mod mem;
+pub mod net;
 pub mod vring;
 
 use std::os::unix::net::UnixStream;
@@ -42,6 +43,8 @@ pub struct Setup {
     pub features: u64,
     /// How long to wait for the socket and for each completion.
     pub timeout: Duration,
+    /// Protocol features to ack (intersected with what the backend offers).
+    pub protocol: VhostUserProtocolFeatures,
 }
 
 impl Default for Setup {
@@ -52,6 +55,10 @@ impl Default for Setup {
             queue_size: 256,
             features: u64::MAX,
             timeout: Duration::from_secs(10),
+            protocol: VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::RESET_DEVICE,
         }
     }
 }
@@ -120,11 +127,7 @@ impl HostileFrontend {
         let mut protocol = VhostUserProtocolFeatures::empty();
         if acked & PROTOCOL_FEATURES != 0 {
             let pf = fe.get_protocol_features().expect("GET_PROTOCOL_FEATURES");
-            protocol = pf
-                & (VhostUserProtocolFeatures::MQ
-                    | VhostUserProtocolFeatures::CONFIG
-                    | VhostUserProtocolFeatures::REPLY_ACK
-                    | VhostUserProtocolFeatures::RESET_DEVICE);
+            protocol = pf & setup.protocol;
             fe.set_protocol_features(protocol)
                 .expect("SET_PROTOCOL_FEATURES");
             if protocol.contains(VhostUserProtocolFeatures::MQ) {
