@@ -4,5 +4,6 @@ mod blk_hostile;
 mod blk_qemu;
 mod boot_cli;
 mod frontend;
+mod input;
 mod nested_lab;
 mod net_hostile;
