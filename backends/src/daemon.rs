@@ -5,9 +5,11 @@
 //! exit events and joined, the socket file is removed and [`serve`] returns
 //! `Ok(())`.
 
+use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -22,6 +24,9 @@ use vhost_user_backend::{
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::abi;
+use crate::proxy::{Intercept, Proxy};
 
 /// Errors of the serve loop.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +52,9 @@ pub enum DaemonError {
     /// The vhost-user daemon failed outside a normal disconnect.
     #[error("vhost-user daemon: {0}")]
     Daemon(String),
+    /// The message proxy in front of the daemon could not be set up.
+    #[error("cannot set up the vhost-user message proxy: {0}")]
+    Proxy(#[source] io::Error),
 }
 
 /// A device served by [`serve`]: a [`VhostUserBackend`] with the types the
@@ -62,6 +70,14 @@ pub trait Device:
     /// worker thread `i`.
     fn attach(&self, _handlers: &[Arc<VringEpollHandler<Self>>]) -> io::Result<()> {
         Ok(())
+    }
+
+    /// A hook on the frontend's messages for requests the
+    /// `vhost-user-backend` crate does not implement. `Some` puts a
+    /// [`Proxy`] between the frontend and the daemon for this connection;
+    /// `None` (the default) connects the frontend to the daemon directly.
+    fn intercept(&self) -> Option<Arc<dyn Intercept>> {
+        None
     }
 }
 
@@ -182,9 +198,15 @@ where
         device
             .attach(&daemon.get_epoll_handlers())
             .map_err(DaemonError::Device)?;
-        daemon
-            .start(&mut listener)
-            .map_err(|e| DaemonError::Daemon(e.to_string()))?;
+        let proxy = match device.intercept() {
+            None => {
+                daemon
+                    .start(&mut listener)
+                    .map_err(|e| DaemonError::Daemon(e.to_string()))?;
+                None
+            }
+            Some(hook) => Some(start_proxied(cfg, &listener, &mut daemon, hook)?),
+        };
         info!("frontend connected");
         stop.set_conn(daemon.shutdown_handle());
         let ended = daemon.wait();
@@ -198,6 +220,9 @@ where
         }
         // Dropping the daemon signals every worker's exit event and joins them.
         drop(daemon);
+        if let Some(p) = proxy {
+            p.join();
+        }
         if stop.requested() {
             info!("stopped");
             return Ok(());
@@ -226,6 +251,60 @@ fn wait_for_frontend(epoll: &Epoll, stop: &Stop) -> Result<bool, DaemonError> {
         }
         if events[..n].iter().any(|e| e.data() == EV_ACCEPT) {
             return Ok(true);
+        }
+    }
+}
+
+/// Accepts the frontend on `listener` itself, lets the daemon connect to a
+/// private socket next to it, and relays between the two through a
+/// [`Proxy`]. The private socket is removed as soon as the daemon is
+/// connected; a connection from any other process is refused.
+fn start_proxied<T: Device>(
+    cfg: &ServeConfig,
+    listener: &Listener,
+    daemon: &mut VhostUserDaemon<T>,
+    hook: Arc<dyn Intercept>,
+) -> Result<Proxy, DaemonError> {
+    let frontend = loop {
+        match listener.accept() {
+            Ok(Some(s)) => break s,
+            Ok(None) => continue,
+            Err(e) => return Err(DaemonError::Daemon(format!("accept: {e}"))),
+        }
+    };
+    let inner_path = inner_socket_path(&cfg.socket_path);
+    let _ = fs::remove_file(&inner_path);
+    let inner_listener = UnixListener::bind(&inner_path).map_err(DaemonError::Proxy)?;
+    let connected = match inner_path.to_str() {
+        Some(p) => daemon
+            .start_client(p)
+            .map_err(|e| DaemonError::Daemon(e.to_string()))
+            .and_then(|()| accept_own(&inner_listener).map_err(DaemonError::Proxy)),
+        None => Err(DaemonError::Proxy(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path is not UTF-8",
+        ))),
+    };
+    let _ = fs::remove_file(&inner_path);
+    Proxy::start(frontend, connected?, hook).map_err(DaemonError::Proxy)
+}
+
+/// `<socket>.<pid>.fwd`: the daemon's side of the proxy.
+fn inner_socket_path(socket: &Path) -> PathBuf {
+    let mut s = socket.as_os_str().to_owned();
+    s.push(format!(".{}.fwd", std::process::id()));
+    PathBuf::from(s)
+}
+
+/// Accepts the connection this process made, dropping any other.
+fn accept_own(listener: &UnixListener) -> io::Result<UnixStream> {
+    let me = i32::try_from(std::process::id()).unwrap_or(-1);
+    loop {
+        let (s, _) = listener.accept()?;
+        match abi::peer_pid(&s) {
+            Ok(pid) if pid == me => return Ok(s),
+            Ok(pid) => warn!("refused a connection from pid {pid} on the private socket"),
+            Err(e) => warn!("refused a connection on the private socket: {e}"),
         }
     }
 }

@@ -4,6 +4,8 @@
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod abi;
 pub mod cli;
 pub mod daemon;
 pub mod logging;
+pub mod proxy;
