@@ -1,6 +1,7 @@
 mod backend_cli;
 mod blk;
 mod blk_hostile;
+mod blk_inflight;
 mod blk_qemu;
 mod boot_cli;
 mod frontend;

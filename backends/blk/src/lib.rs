@@ -3,15 +3,29 @@
 //!
 //! Files: `cli.rs` (arguments → [`Config`]), `blk.rs` (the request model, no
 //! sockets and no `unsafe`), `io/` (the `io_uring` and synchronous engines),
-//! `vhu_blk.rs` (the `VhostUserBackend`), and this file ([`start_backend`]).
+//! `vhu_blk.rs` (the `VhostUserBackend`) with `worker.rs` (per-queue state),
+//! `inflight.rs` (the `INFLIGHT_SHMFD` region), `intercept.rs` (its
+//! messages), `resume.rs` + `chain.rs` (resubmission after a reconnect),
+//! `abi.rs` (memfd syscalls), and this file ([`start_backend`]).
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+mod abi;
 #[forbid(unsafe_code)]
 pub mod blk;
+#[forbid(unsafe_code)]
+pub mod chain;
 pub mod cli;
+#[forbid(unsafe_code)]
+pub mod inflight;
+#[forbid(unsafe_code)]
+pub mod intercept;
 pub mod io;
+#[forbid(unsafe_code)]
+mod resume;
 pub mod vhu_blk;
+#[forbid(unsafe_code)]
+mod worker;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};

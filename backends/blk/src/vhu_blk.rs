@@ -4,15 +4,16 @@
 //! completion eventfd. Guest mistakes are answered with a status byte (or
 //! the chain is returned unused) and logged at `warn`, rate-limited.
 //!
-//! Hook points for `INFLIGHT_SHMFD` (a later issue) are marked in
-//! [`VhostUserBlkBackend::start_chain`] (before submit) and
-//! [`VhostUserBlkBackend::finish`] (after the used-ring update).
+//! `INFLIGHT_SHMFD`: every head taken from the ring is marked in the
+//! frontend's inflight region before its I/O starts and cleared after its
+//! used entry is published ([`crate::inflight`]); after a reconnect the
+//! worker first resubmits what the region still holds (`resume.rs`). The
+//! region messages themselves are answered by [`crate::intercept`].
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -34,12 +35,14 @@ use vmm_sys_util::event::{
 };
 
 use crate::blk::{self, DiskInfo, Op, Request, Segment, MAX_SEGMENTS, S_IOERR, S_OK};
-use crate::io::{self as hio, Completion, Engine, EngineKind, GuestIovecs, IoKind, IoOp};
+use crate::inflight::{QueueTracker, Region};
+use crate::io::{self as hio, Completion, EngineKind, GuestIovecs, IoKind, IoOp};
+use crate::worker::{InFlight, RateLimit, Worker};
 
 type Mem = GuestMemoryLoadGuard<GuestMemoryMmap>;
 
 /// Longest chain (in descriptors) the backend walks; longer ones are dropped.
-const MAX_CHAIN: usize = MAX_SEGMENTS + 2;
+pub(crate) const MAX_CHAIN: usize = MAX_SEGMENTS + 2;
 
 /// The image and everything fixed at startup, shared by all connections.
 #[derive(Debug)]
@@ -107,81 +110,21 @@ pub fn feature_names(f: u64) -> String {
     out.join(" ")
 }
 
-struct InFlight {
-    head: u16,
-    status: GuestAddress,
-    used_len: u32,
-}
-
-struct Worker {
-    engine: Box<dyn Engine>,
-    reqs: Vec<Option<InFlight>>,
-    free: Vec<usize>,
-    /// The vring this worker serves (known after its first event).
-    vring: Option<VringRwLock>,
-}
-
-impl Worker {
-    fn put(&mut self, r: InFlight) -> u64 {
-        let idx = match self.free.pop() {
-            Some(i) => {
-                if let Some(s) = self.reqs.get_mut(i) {
-                    *s = Some(r);
-                }
-                i
-            }
-            None => {
-                self.reqs.push(Some(r));
-                self.reqs.len() - 1
-            }
-        };
-        idx as u64
-    }
-
-    fn take(&mut self, token: u64) -> Option<InFlight> {
-        let i = usize::try_from(token).ok()?;
-        let r = self.reqs.get_mut(i)?.take()?;
-        self.free.push(i);
-        Some(r)
-    }
-}
-
-/// Rate limit for guest-triggered warnings: at most a few per second.
-struct RateLimit {
-    second: AtomicU64,
-    count: AtomicU64,
-}
-
-impl RateLimit {
-    const PER_SECOND: u64 = 10;
-
-    fn allow(&self) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        if self.second.swap(now, Ordering::Relaxed) != now {
-            self.count.store(0, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed) < Self::PER_SECOND
-    }
-}
-
-struct Inner {
+pub(crate) struct Inner {
     disk: Arc<Disk>,
     event_idx: AtomicBool,
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
-    workers: Vec<Mutex<Worker>>,
+    pub(crate) workers: Vec<Mutex<Worker>>,
     warn: RateLimit,
 }
 
 /// See the module docs. Cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub struct VhostUserBlkBackend {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -192,12 +135,7 @@ impl VhostUserBlkBackend {
         for _ in 0..disk.queues {
             let engine =
                 hio::new_engine(disk.engine, disk.file.clone(), u32::from(disk.queue_size))?;
-            workers.push(Mutex::new(Worker {
-                engine,
-                reqs: Vec::new(),
-                free: Vec::new(),
-                vring: None,
-            }));
+            workers.push(Mutex::new(Worker::new(engine)));
         }
         Ok(VhostUserBlkBackend {
             inner: Arc::new(Inner {
@@ -205,10 +143,7 @@ impl VhostUserBlkBackend {
                 event_idx: AtomicBool::new(false),
                 mem: RwLock::new(None),
                 workers,
-                warn: RateLimit {
-                    second: AtomicU64::new(0),
-                    count: AtomicU64::new(0),
-                },
+                warn: RateLimit::default(),
             }),
         })
     }
@@ -217,7 +152,7 @@ impl VhostUserBlkBackend {
         self.inner.disk.queues + 1
     }
 
-    fn memory(&self) -> Option<Mem> {
+    pub(crate) fn memory(&self) -> Option<Mem> {
         let m = self
             .inner
             .mem
@@ -239,6 +174,10 @@ impl VhostUserBlkBackend {
         };
         let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
         let mut used = false;
+        if w.resume_pending {
+            w.resume_pending = false;
+            used |= self.resume(q, w, vring, &mem);
+        }
         loop {
             if event_idx {
                 let _ = vring.disable_notification();
@@ -268,7 +207,7 @@ impl VhostUserBlkBackend {
         }
     }
 
-    /// Parses one chain and submits it, or answers it at once. Returns
+    /// Takes one chain: records it in flight, then starts it. Returns
     /// whether a used entry was added.
     fn start_chain(
         &self,
@@ -279,6 +218,7 @@ impl VhostUserBlkBackend {
         chain: DescriptorChain<Mem>,
     ) -> bool {
         let head = chain.head_index();
+        w.track(head);
         let mut segs = Vec::new();
         let mut truncated = false;
         for d in chain {
@@ -293,8 +233,27 @@ impl VhostUserBlkBackend {
             });
             truncated = d.has_next();
         }
+        self.start_request(q, w, vring, mem, head, &segs, truncated)
+    }
+
+    /// Parses the request in `segs` (chain `head`, already recorded in
+    /// flight) and submits it, or answers it at once. Returns whether a
+    /// used entry was added.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start_request(
+        &self,
+        q: usize,
+        w: &mut Worker,
+        vring: &VringRwLock,
+        mem: &Mem,
+        head: u16,
+        segs: &[Segment],
+        truncated: bool,
+    ) -> bool {
         let disk = &self.inner.disk;
-        let req = match blk::parse(&**mem, &disk.info, &segs, truncated) {
+        let t = w.tracker.clone();
+        let t = t.as_ref();
+        let req = match blk::parse(&**mem, &disk.info, segs, truncated) {
             Ok(r) => r,
             Err(rej) => {
                 self.guest_warn(q, &rej.reason);
@@ -302,24 +261,22 @@ impl VhostUserBlkBackend {
                     Some(at) if mem.write_obj(rej.code, at).is_ok() => 1,
                     _ => 0,
                 };
-                return Self::add_used(vring, head, len);
+                return Self::add_used(vring, t, head, len);
             }
         };
-        // INFLIGHT_SHMFD hook: record `head` as in flight here, before any
-        // host I/O starts.
         let kind = match &req.op {
             Op::Read { .. } | Op::Write { .. } => match GuestIovecs::new(mem.clone(), &req.data) {
                 Ok(b) if matches!(req.op, Op::Read { .. }) => IoKind::Read(b),
                 Ok(b) => IoKind::Write(b),
                 Err(e) => {
                     self.guest_warn(q, &e);
-                    return self.finish(vring, mem, head, req.status, false, 1);
+                    return self.finish(vring, t, mem, head, req.status, false, 1);
                 }
             },
             Op::Flush => IoKind::Flush,
             Op::GetId => {
                 let ok = blk::write_id(&**mem, &req, &disk.info.serial);
-                return self.finish(vring, mem, head, req.status, ok, blk::used_len(&req));
+                return self.finish(vring, t, mem, head, req.status, ok, blk::used_len(&req));
             }
             Op::Discard(ranges) | Op::WriteZeroes(ranges) => {
                 let punch = matches!(req.op, Op::Discard(_));
@@ -333,7 +290,7 @@ impl VhostUserBlkBackend {
                         break;
                     }
                 }
-                return self.finish(vring, mem, head, req.status, ok, 1);
+                return self.finish(vring, t, mem, head, req.status, ok, 1);
             }
         };
         let offset = offset_of(&req);
@@ -351,9 +308,11 @@ impl VhostUserBlkBackend {
     }
 
     /// Writes the status, adds the used entry. Returns true (an entry was added).
+    #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
         vring: &VringRwLock,
+        t: Option<&QueueTracker>,
         mem: &Mem,
         head: u16,
         status: GuestAddress,
@@ -370,20 +329,28 @@ impl VhostUserBlkBackend {
         } else {
             0
         };
-        let added = Self::add_used(vring, head, len);
-        // INFLIGHT_SHMFD hook: clear `head` here, after the used ring update.
-        added
+        Self::add_used(vring, t, head, len)
     }
 
-    fn add_used(vring: &VringRwLock, head: u16, len: u32) -> bool {
+    /// Publishes `head`'s used entry; with an inflight region, brackets it
+    /// as libvhost-user does: `last_batch_head` first, then the used ring,
+    /// then the entry cleared and the region's `used_idx` updated.
+    fn add_used(vring: &VringRwLock, t: Option<&QueueTracker>, head: u16, len: u32) -> bool {
+        if let Some(t) = t {
+            t.pre_put(head);
+        }
         if let Err(e) = vring.add_used(head, len) {
             warn!("add_used({head}): {e}");
             return false;
         }
+        if let Some(t) = t {
+            let used = vring.get_ref().get_queue().next_used();
+            t.post_put(head, used);
+        }
         true
     }
 
-    fn notify(vring: &VringRwLock) {
+    pub(crate) fn notify(vring: &VringRwLock) {
         if vring.needs_notification().unwrap_or(true) {
             if let Err(e) = vring.signal_used_queue() {
                 warn!("signal used queue: {e}");
@@ -407,6 +374,7 @@ impl VhostUserBlkBackend {
         done: Vec<Completion>,
     ) -> bool {
         let mut used = false;
+        let t = w.tracker.clone();
         for c in done {
             let Some(r) = w.take(c.token) else {
                 continue;
@@ -414,7 +382,8 @@ impl VhostUserBlkBackend {
             if let Err(e) = &c.result {
                 warn!("queue {q}: I/O error: {e}");
             }
-            used |= self.finish(vring, mem, r.head, r.status, c.result.is_ok(), r.used_len);
+            let ok = c.result.is_ok();
+            used |= self.finish(vring, t.as_ref(), mem, r.head, r.status, ok, r.used_len);
         }
         used
     }
@@ -454,11 +423,13 @@ impl VhostUserBackend for VhostUserBlkBackend {
         // STATUS is not offered: vhost-user-backend 0.24 does not handle
         // SET_STATUS/GET_STATUS. CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG) is
         // handled by the crate and required by libblkio-style frontends.
+        // INFLIGHT_SHMFD's messages are answered by `crate::intercept`.
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::RESET_DEVICE
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     fn reset_device(&self) {
@@ -470,9 +441,14 @@ impl VhostUserBackend for VhostUserBlkBackend {
             for c in done {
                 let _ = w.take(c.token);
             }
-            if !w.reqs.iter().all(Option::is_none) {
+            if !w.idle() {
                 warn!("queue {q}: requests left after reset");
             }
+            // The driver abandoned whatever was in flight.
+            if let (Some(t), Some(v)) = (&w.tracker, &w.vring) {
+                t.clear_all(v.get_ref().get_queue().next_used());
+            }
+            w.resume_pending = w.tracker.is_some();
         }
     }
 
@@ -514,6 +490,8 @@ impl VhostUserBackend for VhostUserBlkBackend {
             return Ok(());
         };
         let mut w = lock(w);
+        // Reconcile with the region again when the ring restarts.
+        w.resume_pending = w.tracker.is_some();
         let mut done = Vec::new();
         w.engine.drain(&mut done);
         let (Some(vring), Some(mem)) = (w.vring.clone(), self.memory()) else {
@@ -560,5 +538,27 @@ impl splitvm_backends::daemon::Device for VhostUserBlkBackend {
             }
         }
         Ok(())
+    }
+
+    fn intercept(&self) -> Option<Arc<dyn splitvm_backends::proxy::Intercept>> {
+        Some(Arc::new(crate::intercept::BlkIntercept::new(self.clone())))
+    }
+}
+
+impl VhostUserBlkBackend {
+    /// Installs the frontend's inflight region (`SET_INFLIGHT_FD`): each
+    /// covered queue tracks into it and reconciles before its next pop.
+    pub(crate) fn install_inflight(&self, region: &Arc<Region>) {
+        for (q, w) in self.inner.workers.iter().enumerate() {
+            let mut w = lock(w);
+            w.tracker = u16::try_from(q).ok().and_then(|q| region.queue(q));
+            w.resume_pending = w.tracker.is_some();
+            w.counter = 0;
+        }
+    }
+
+    /// Queues served.
+    pub(crate) fn queues(&self) -> u16 {
+        self.inner.disk.queues
     }
 }

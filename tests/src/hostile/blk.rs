@@ -73,6 +73,17 @@ impl BlkDev {
         }
     }
 
+    /// A blk device on an already set-up frontend (for example one from
+    /// [`super::inflight::connect`]).
+    pub fn from_frontend(fe: HostileFrontend) -> Self {
+        let queues = fe.queues.len();
+        BlkDev {
+            fe,
+            next_desc: vec![0; queues],
+            alloc: DATA_BASE,
+        }
+    }
+
     /// Capacity in sectors (config space).
     pub fn capacity(&mut self) -> u64 {
         let b = self.fe.config(0, 8);

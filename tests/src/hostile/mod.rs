@@ -5,6 +5,7 @@
 //! builders sit beside it (`blk.rs`); net and input reuse this core.
 
 pub mod blk;
+pub mod inflight;
 pub mod input;
 pub mod mem;
 pub mod net;

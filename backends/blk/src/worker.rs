@@ -1,0 +1,107 @@
+//! Per-queue worker state of [`crate::vhu_blk`]: the requests handed to the
+//! engine, the queue's inflight-region tracker (`INFLIGHT_SHMFD`), and the
+//! rate limit for guest-triggered warnings.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use vhost_user_backend::VringRwLock;
+use vm_memory::GuestAddress;
+
+use crate::inflight::QueueTracker;
+use crate::io::Engine;
+
+/// A request the engine holds.
+pub(crate) struct InFlight {
+    pub(crate) head: u16,
+    pub(crate) status: GuestAddress,
+    pub(crate) used_len: u32,
+}
+
+/// One queue's worker.
+pub(crate) struct Worker {
+    pub(crate) engine: Box<dyn Engine>,
+    reqs: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    /// The vring this worker serves (known after its first event).
+    pub(crate) vring: Option<VringRwLock>,
+    /// The queue's part of the inflight region, once the frontend set one.
+    pub(crate) tracker: Option<QueueTracker>,
+    /// Reconcile with the region before taking anything from the ring
+    /// (set when a region is installed and when the ring is stopped).
+    pub(crate) resume_pending: bool,
+    /// Counter recorded with the next head taken.
+    pub(crate) counter: u64,
+}
+
+impl Worker {
+    pub(crate) fn new(engine: Box<dyn Engine>) -> Self {
+        Worker {
+            engine,
+            reqs: Vec::new(),
+            free: Vec::new(),
+            vring: None,
+            tracker: None,
+            resume_pending: false,
+            counter: 0,
+        }
+    }
+
+    pub(crate) fn put(&mut self, r: InFlight) -> u64 {
+        let idx = match self.free.pop() {
+            Some(i) => {
+                if let Some(s) = self.reqs.get_mut(i) {
+                    *s = Some(r);
+                }
+                i
+            }
+            None => {
+                self.reqs.push(Some(r));
+                self.reqs.len() - 1
+            }
+        };
+        idx as u64
+    }
+
+    pub(crate) fn take(&mut self, token: u64) -> Option<InFlight> {
+        let i = usize::try_from(token).ok()?;
+        let r = self.reqs.get_mut(i)?.take()?;
+        self.free.push(i);
+        Some(r)
+    }
+
+    pub(crate) fn idle(&self) -> bool {
+        self.reqs.iter().all(Option::is_none)
+    }
+
+    /// Records `head` as taken from the ring (before any I/O for it).
+    pub(crate) fn track(&mut self, head: u16) {
+        if let Some(t) = &self.tracker {
+            if t.mark(head, self.counter) {
+                self.counter = self.counter.wrapping_add(1);
+            }
+        }
+    }
+}
+
+/// Rate limit for guest-triggered warnings: at most a few per second.
+#[derive(Default)]
+pub(crate) struct RateLimit {
+    second: AtomicU64,
+    count: AtomicU64,
+}
+
+impl RateLimit {
+    const PER_SECOND: u64 = 10;
+
+    pub(crate) fn allow(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < Self::PER_SECOND
+    }
+}
