@@ -24,7 +24,7 @@ fn pattern() -> Vec<u8> {
 }
 
 /// Runs `scripts/guest-assets` (idempotent, cached) and returns its directory.
-fn guest_assets() -> PathBuf {
+pub(crate) fn guest_assets() -> PathBuf {
     let script = splitvm_tests::workspace_root().join("scripts/guest-assets");
     let out = Command::new("bash")
         .arg(&script)
@@ -36,7 +36,7 @@ fn guest_assets() -> PathBuf {
 }
 
 /// Host TSC frequency in kHz (microvm under TCG needs `tsc_early_khz`).
-fn tsc_khz() -> u64 {
+pub(crate) fn tsc_khz() -> u64 {
     if let Ok(v) = std::env::var("SPLITVM_TSC_KHZ") {
         return v.parse().expect("SPLITVM_TSC_KHZ is a number");
     }
@@ -51,7 +51,7 @@ fn tsc_khz() -> u64 {
 }
 
 /// An uncompressed newc cpio holding `files` (name, mode, bytes) at `/`.
-fn cpio(dir: &Path, files: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn cpio(dir: &Path, files: &[(&str, &[u8])]) -> Vec<u8> {
     let stage = dir.join("overlay");
     fs::create_dir_all(&stage).unwrap();
     for (name, bytes) in files {
@@ -122,7 +122,7 @@ echo "RESULT ro_read=$(ok cmp -s /tmp/ro /tmp/e4k)"
 sync
 "#;
 
-fn results(lines: &[String]) -> Vec<(String, String)> {
+pub(crate) fn results(lines: &[String]) -> Vec<(String, String)> {
     lines
         .iter()
         .filter_map(|l| l.split_once("RESULT "))

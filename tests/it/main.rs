@@ -3,6 +3,7 @@ mod blk;
 mod blk_hostile;
 mod blk_inflight;
 mod blk_qemu;
+mod blk_qemu_reconnect;
 mod boot_cli;
 mod frontend;
 mod input;

@@ -35,6 +35,40 @@ pub struct Region {
 }
 
 impl Region {
+    /// The region a backend process `pid` has mapped (its open
+    /// `memfd:splitvm-blk-inflight`), for watching a frontend we do not
+    /// drive (QEMU). `None` while the backend has no region.
+    pub fn of_process(pid: u32, num_queues: u16, queue_size: u16) -> Option<Region> {
+        let dir = format!("/proc/{pid}/fd");
+        let path = std::fs::read_dir(&dir).ok()?.find_map(|e| {
+            let p = e.ok()?.path();
+            let target = std::fs::read_link(&p).ok()?;
+            target
+                .to_string_lossy()
+                .contains("splitvm-blk-inflight")
+                .then_some(p)
+        })?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .ok()?;
+        let size = queue_region_size(queue_size) * u64::from(num_queues);
+        if file.metadata().ok()?.len() < size {
+            return None;
+        }
+        let map =
+            MmapRegion::<()>::from_file(FileOffset::new(file.try_clone().ok()?, 0), size as usize)
+                .ok()?;
+        let info = VhostUserInflight {
+            mmap_size: size,
+            mmap_offset: 0,
+            num_queues,
+            queue_size,
+        };
+        Some(Region { file, info, map })
+    }
+
     fn off(&self, q: usize) -> usize {
         q * queue_region_size(self.info.queue_size) as usize
     }
