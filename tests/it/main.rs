@@ -1,3 +1,4 @@
+mod api;
 mod backend_cli;
 mod blk;
 mod blk_hostile;

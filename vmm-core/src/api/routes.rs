@@ -220,6 +220,12 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8], example: &str) -> Result<T, 
             "missing JSON body; expected {example}"
         )));
     }
+    // serde takes `[true]` for a struct too; the API takes only objects.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::BadRequest(format!(
+            "body must be a JSON object: {example}"
+        )));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -380,6 +386,8 @@ mod tests {
         assert!(e.to_string().contains("not valid JSON"), "{e}");
         let e = parse_body::<LinkRequest>(br#"{"up": true} x"#, "x").unwrap_err();
         assert!(e.to_string().contains("trailing"), "{e}");
+        let e = parse_body::<LinkRequest>(b"[true]", "x").unwrap_err();
+        assert!(e.to_string().contains("JSON object"), "{e}");
         assert_eq!(
             parse_body::<LinkRequest>(br#" {"up": false} "#, "x"),
             Ok(LinkRequest { up: false })

@@ -1,0 +1,725 @@
+//! The management API through a real unix socket with real HTTP bytes:
+//! the router and the HTTP layer against a test `VmmControl`, every answer
+//! checked against `docs/api.yaml`; `splitvm ctl` against the same server;
+//! then (in `api/e2e.rs`) a real `splitvm run --api-socket` and schemathesis.
+
+mod spec;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vmm_core::api::http::{self, ApiServer, ApiServerError, Limits};
+use vmm_core::api::{
+    ApiError, BackendState, DeviceInfo, DeviceMetrics, Metrics, VcpuMetrics, VmInfo, VmState,
+    VmmControl,
+};
+
+use spec::{Operations, Spec};
+
+/// A VMM as the API sees it: two devices (blk0, net0), state in a mutex.
+pub struct FakeVmm {
+    state: Mutex<FakeState>,
+}
+
+struct FakeState {
+    paused: bool,
+    shutting_down: bool,
+    killed: bool,
+    blk_socket: PathBuf,
+    net_link: bool,
+    pause_fails: bool,
+}
+
+impl FakeVmm {
+    fn new() -> Arc<FakeVmm> {
+        Arc::new(FakeVmm {
+            state: Mutex::new(FakeState {
+                paused: false,
+                shutting_down: false,
+                killed: false,
+                blk_socket: "/run/blk0.sock".into(),
+                net_link: true,
+                pause_fails: false,
+            }),
+        })
+    }
+    fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap()
+    }
+}
+
+impl VmmControl for FakeVmm {
+    fn info(&self) -> VmInfo {
+        let s = self.st();
+        VmInfo {
+            state: match (s.shutting_down, s.paused) {
+                (true, _) => VmState::ShuttingDown,
+                (_, true) => VmState::Paused,
+                _ => VmState::Running,
+            },
+            vcpus: 2,
+            memory_bytes: 64 << 20,
+            kernel: "/boot/vmlinux".into(),
+            cmdline: "console=ttyS0 reboot=k panic=1".into(),
+            uptime_ms: 1234,
+            pid: 4242,
+        }
+    }
+    fn pause(&self) -> Result<(), ApiError> {
+        let mut s = self.st();
+        if s.pause_fails {
+            return Err(ApiError::Failed("vCPUs did not stop".into()));
+        }
+        if s.shutting_down {
+            return Err(ApiError::Conflict("the VM is shutting down".into()));
+        }
+        s.paused = true;
+        Ok(())
+    }
+    fn resume(&self) -> Result<(), ApiError> {
+        self.st().paused = false;
+        Ok(())
+    }
+    fn shutdown(&self) -> Result<(), ApiError> {
+        let mut s = self.st();
+        if s.shutting_down {
+            return Err(ApiError::Conflict("already shutting down".into()));
+        }
+        s.shutting_down = true;
+        Ok(())
+    }
+    fn kill(&self) -> Result<(), ApiError> {
+        self.st().killed = true;
+        Ok(())
+    }
+    fn devices(&self) -> Vec<DeviceInfo> {
+        let s = self.st();
+        let dev = |name: &str, kind: &str, socket: PathBuf, link| DeviceInfo {
+            name: name.into(),
+            kind: kind.into(),
+            socket,
+            backend_pid: Some(99),
+            state: BackendState::Connected,
+            offered_features: 0x1_3000_0000,
+            negotiated_features: 0x1_0000_0000,
+            reconnects: 0,
+            link_up: link,
+        };
+        vec![
+            dev("blk0", "blk", s.blk_socket.clone(), None),
+            dev("net0", "net", "/run/net0.sock".into(), Some(s.net_link)),
+        ]
+    }
+    fn swap(&self, device: &str, socket: &Path) -> Result<(), ApiError> {
+        if socket.to_string_lossy().contains("fail") {
+            return Err(ApiError::Failed("backend did not negotiate".into()));
+        }
+        match device {
+            "blk0" => self.st().blk_socket = socket.to_path_buf(),
+            "net0" => {}
+            _ => return Err(ApiError::NotFound(device.into())),
+        }
+        Ok(())
+    }
+    fn set_link(&self, device: &str, up: bool) -> Result<(), ApiError> {
+        match device {
+            "net0" => {
+                self.st().net_link = up;
+                Ok(())
+            }
+            _ => Err(ApiError::Conflict(format!("{device} has no link"))),
+        }
+    }
+    fn metrics(&self) -> Metrics {
+        Metrics {
+            devices: vec![DeviceMetrics {
+                name: "blk0".into(),
+                requests: 10,
+                in_flight: 1,
+                reconnects: 0,
+                errors: 0,
+            }],
+            vcpus: (0..2)
+                .map(|id| VcpuMetrics {
+                    id,
+                    io_exits: 5,
+                    mmio_exits: 6,
+                    other_exits: 7,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An answer as it came off the socket.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The `error` of a JSON error body.
+    pub fn error(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("error body not JSON ({e}): {}", self.text()));
+        v["error"].as_str().expect("error field").to_string()
+    }
+}
+
+fn parse_reply(raw: &[u8]) -> Reply {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {:?}", String::from_utf8_lossy(raw)));
+    let head = std::str::from_utf8(&raw[..split]).expect("head is UTF-8");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+    let status = status_line[9..12].parse().expect("status code");
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').expect("header line");
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    let body = raw[split + 4..].to_vec();
+    let r = Reply {
+        status,
+        headers,
+        body,
+    };
+    if let Some(n) = r.header("content-length") {
+        assert_eq!(n.parse::<usize>().unwrap(), r.body.len(), "Content-Length");
+    }
+    r
+}
+
+/// Writes `bytes` (write errors ignored: the server may answer and close
+/// first), optionally half-closes, and reads the answer until EOF.
+pub fn exchange(sock: &Path, bytes: &[u8], half_close: bool) -> Reply {
+    let mut s = UnixStream::connect(sock).expect("connect to the API socket");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(bytes);
+    if half_close {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the answer");
+    parse_reply(&raw)
+}
+
+/// One well-formed request.
+pub fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Reply {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    exchange(sock, req.as_bytes(), false)
+}
+
+/// Calls the API and checks the answer against the spec; records the
+/// operation in `seen`.
+pub fn checked(
+    spec: &Spec,
+    seen: &mut Operations,
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Reply {
+    let r = call(sock, method, path, body);
+    let op = spec.check(method, path, r.status, r.header("content-type"), &r.body);
+    seen.insert(op);
+    r
+}
+
+struct Server {
+    _dir: tempfile::TempDir,
+    sock: PathBuf,
+    fake: Arc<FakeVmm>,
+    server: Option<ApiServer>,
+}
+
+fn server_with(limits: Limits) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let fake = FakeVmm::new();
+    let server = http::spawn_with(&sock, fake.clone(), limits).expect("spawn API server");
+    Server {
+        _dir: dir,
+        sock,
+        fake,
+        server: Some(server),
+    }
+}
+
+fn server() -> Server {
+    server_with(Limits::default())
+}
+
+#[test]
+fn api_every_operation_answers_as_documented() {
+    let spec = Spec::load();
+    let s = server();
+    let mut seen = Operations::new();
+    let p = &s.sock;
+    let vm = checked(&spec, &mut seen, p, "GET", "/vm", None);
+    assert_eq!(vm.status, 200);
+    let info: VmInfo = serde_json::from_slice(&vm.body).unwrap();
+    assert_eq!((info.state, info.vcpus), (VmState::Running, 2));
+    for (path, want) in [
+        ("/vm/pause", VmState::Paused),
+        ("/vm/pause", VmState::Paused),
+        ("/vm/resume", VmState::Running),
+    ] {
+        let r = checked(&spec, &mut seen, p, "PUT", path, None);
+        assert_eq!(r.status, 204, "{path}: {}", r.text());
+        assert_eq!(s.fake.info().state, want);
+    }
+    let devs = checked(&spec, &mut seen, p, "GET", "/devices", None);
+    let devs: Vec<DeviceInfo> = serde_json::from_slice(&devs.body).unwrap();
+    assert_eq!(devs.len(), 2);
+    let d = checked(&spec, &mut seen, p, "GET", "/devices/net0", None);
+    assert_eq!(d.status, 200);
+    // A real socket for the swap to name.
+    let new_sock = s._dir.path().join("new-blk.sock");
+    let _l = UnixListener::bind(&new_sock).unwrap();
+    let body = format!(r#"{{"socket": "{}"}}"#, new_sock.display());
+    let r = checked(
+        &spec,
+        &mut seen,
+        p,
+        "PUT",
+        "/devices/blk0/swap",
+        Some(&body),
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(s.fake.st().blk_socket, new_sock);
+    let r = checked(
+        &spec,
+        &mut seen,
+        p,
+        "PUT",
+        "/devices/net0/link",
+        Some(r#"{"up": false}"#),
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert!(!s.fake.st().net_link);
+    let m = checked(&spec, &mut seen, p, "GET", "/metrics.json", None);
+    let m: Metrics = serde_json::from_slice(&m.body).unwrap();
+    assert_eq!(m, s.fake.metrics());
+    let prom = checked(&spec, &mut seen, p, "GET", "/metrics", None);
+    assert_eq!(
+        prom.header("content-type"),
+        Some("text/plain; version=0.0.4")
+    );
+    let text = prom.text();
+    for family in [
+        "splitvm_device_requests_total",
+        "splitvm_device_in_flight",
+        "splitvm_device_reconnects_total",
+        "splitvm_device_errors_total",
+        "splitvm_vcpu_exits_total",
+    ] {
+        assert!(text.contains(&format!("# HELP {family} ")), "{text}");
+        assert!(text.contains(&format!("# TYPE {family} ")), "{text}");
+    }
+    assert!(text.contains("splitvm_device_requests_total{device=\"blk0\"} 10\n"));
+    assert!(text.contains("splitvm_vcpu_exits_total{vcpu=\"1\",reason=\"io\"} 5\n"));
+    let r = checked(&spec, &mut seen, p, "PUT", "/vm/shutdown", None);
+    assert_eq!(r.status, 204);
+    assert_eq!(s.fake.info().state, VmState::ShuttingDown);
+    let r = checked(&spec, &mut seen, p, "PUT", "/vm/shutdown", None);
+    assert_eq!(r.status, 409, "a second shutdown conflicts");
+    let r = checked(&spec, &mut seen, p, "PUT", "/vm/pause", None);
+    assert_eq!(r.status, 409);
+    let r = checked(&spec, &mut seen, p, "PUT", "/vm/kill", None);
+    assert_eq!(r.status, 204);
+    assert!(s.fake.st().killed);
+    assert_eq!(
+        seen,
+        spec.operations(),
+        "every documented operation was called"
+    );
+}
+
+#[test]
+fn api_errors_name_the_problem_with_the_documented_status() {
+    let spec = Spec::load();
+    let s = server();
+    let mut seen = Operations::new();
+    let p = &s.sock;
+    let mut expect = |method: &str, path: &str, body: Option<&str>, status: u16, needle: &str| {
+        let r = checked(&spec, &mut seen, p, method, path, body);
+        assert_eq!(r.status, status, "{method} {path} {body:?}: {}", r.text());
+        assert!(
+            r.error().contains(needle),
+            "{method} {path}: {:?} lacks {needle:?}",
+            r.error()
+        );
+    };
+    expect("GET", "/devices/blk9", None, 404, "blk9");
+    expect("GET", "/devices/a%2Fb", None, 404, "a/b");
+    expect("GET", "/devices/%zz", None, 400, "percent");
+    let link = "/devices/net0/link";
+    expect(
+        "PUT",
+        link,
+        Some(r#"{"up": "yes"}"#),
+        400,
+        "field `up`: invalid type",
+    );
+    expect("PUT", link, Some(r#"{"up": 1}"#), 400, "field `up`");
+    expect(
+        "PUT",
+        link,
+        Some(r#"{"up": true, "speed": 10}"#),
+        400,
+        "unknown field `speed`",
+    );
+    expect("PUT", link, Some(r#"{}"#), 400, "missing field `up`");
+    expect("PUT", link, Some("[true]"), 400, "JSON object");
+    expect("PUT", link, Some("null"), 400, "JSON object");
+    expect("PUT", link, Some("{\"up\": tru"), 400, "not valid JSON");
+    expect("PUT", link, Some(""), 400, "missing JSON body");
+    expect("PUT", link, None, 400, "missing JSON body");
+    expect(
+        "PUT",
+        "/devices/blk0/link",
+        Some(r#"{"up": true}"#),
+        409,
+        "no link",
+    );
+    expect(
+        "PUT",
+        "/devices/nope/link",
+        Some(r#"{"up": true}"#),
+        404,
+        "nope",
+    );
+    let swap = "/devices/blk0/swap";
+    expect("PUT", swap, Some(r#"{"socket": 5}"#), 400, "field `socket`");
+    expect(
+        "PUT",
+        swap,
+        Some(r#"{"path": "/x"}"#),
+        400,
+        "unknown field `path`",
+    );
+    expect(
+        "PUT",
+        swap,
+        Some(r#"{"socket": "/nonexistent/b.sock"}"#),
+        400,
+        "/nonexistent/b.sock",
+    );
+    expect(
+        "PUT",
+        swap,
+        Some(r#"{"socket": "/"}"#),
+        400,
+        "not a unix socket",
+    );
+    expect("PUT", swap, Some(r#"{"socket": ""}"#), 400, "empty");
+    expect(
+        "PUT",
+        "/devices/nope/swap",
+        Some(r#"{"socket": "/x"}"#),
+        404,
+        "nope",
+    );
+    // The backend fails: 502.
+    let failing = s._dir.path().join("fail.sock");
+    let _l = UnixListener::bind(&failing).unwrap();
+    let body = format!(r#"{{"socket": "{}"}}"#, failing.display());
+    expect("PUT", swap, Some(&body), 502, "did not negotiate");
+    // The VMM fails: 500.
+    s.fake.st().pause_fails = true;
+    expect("PUT", "/vm/pause", None, 500, "did not stop");
+
+    // Not in the spec: unknown paths and wrong methods.
+    for (method, path, status, allow) in [
+        ("GET", "/nope", 404, None),
+        ("GET", "/vm/", 404, None),
+        ("GET", "/devices/blk0/swap/x", 404, None),
+        ("POST", "/vm", 405, Some("GET")),
+        ("GET", "/vm/pause", 405, Some("PUT")),
+        ("DELETE", "/devices/blk0", 405, Some("GET")),
+        ("GET", "/devices/blk0/link", 405, Some("PUT")),
+        ("PUT", "/metrics", 405, Some("GET")),
+    ] {
+        let r = call(p, method, path, None);
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        assert_eq!(r.header("allow"), allow, "{method} {path}");
+        spec.check_schema("Error", &r.body);
+    }
+}
+
+/// Sends raw bytes; expects `status` with a JSON error containing `needle`.
+fn expect_raw(spec: &Spec, sock: &Path, bytes: &[u8], half_close: bool, status: u16, needle: &str) {
+    let r = exchange(sock, bytes, half_close);
+    assert_eq!(
+        r.status,
+        status,
+        "{:?}: {}",
+        String::from_utf8_lossy(&bytes[..bytes.len().min(80)]),
+        r.text()
+    );
+    spec.check_schema("Error", &r.body);
+    assert!(
+        r.error().contains(needle),
+        "{:?} lacks {needle:?}",
+        r.error()
+    );
+    assert_eq!(r.header("connection"), Some("close"));
+}
+
+#[test]
+fn api_malformed_http_is_answered_and_never_kills_the_server() {
+    let spec = Spec::load();
+    let s = server();
+    let p = &s.sock;
+    expect_raw(
+        &spec,
+        p,
+        b"\x00\xff\x13garbage\r\n\r\n",
+        false,
+        400,
+        "malformed",
+    );
+    expect_raw(
+        &spec,
+        p,
+        b"GET /vm HTTP/9.9\r\n\r\n",
+        false,
+        400,
+        "malformed",
+    );
+    expect_raw(
+        &spec,
+        p,
+        b"GET /vm HTTP/1.1\r\nHost",
+        true,
+        400,
+        "closed inside",
+    );
+    let big = format!("GET /vm HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    expect_raw(&spec, p, big.as_bytes(), false, 431, "head larger");
+    let endless = format!("GET /vm HTTP/1.1\r\nX-Big: {}", "a".repeat(1 << 20));
+    expect_raw(&spec, p, endless.as_bytes(), false, 431, "head larger");
+    let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET /vm HTTP/1.1\r\n{many}\r\n");
+    expect_raw(&spec, p, many.as_bytes(), false, 431, "header fields");
+    let huge = b"PUT /devices/net0/link HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n";
+    expect_raw(&spec, p, huge, false, 413, "10000000");
+    // The client really sends the big body: it still reads the 413.
+    let mut with_body =
+        b"PUT /devices/net0/link HTTP/1.1\r\nContent-Length: 200000\r\n\r\n".to_vec();
+    with_body.extend(std::iter::repeat_n(b' ', 200_000));
+    expect_raw(&spec, p, &with_body, false, 413, "65536");
+    let chunked = b"PUT /devices/net0/link HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    expect_raw(&spec, p, chunked, false, 501, "Transfer-Encoding");
+    let short = b"PUT /devices/net0/link HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"up\":";
+    expect_raw(&spec, p, short, true, 400, "body bytes");
+    let bad_len = b"PUT /devices/net0/link HTTP/1.1\r\nContent-Length: 1x\r\n\r\n";
+    expect_raw(&spec, p, bad_len, false, 400, "Content-Length");
+    let two_len = b"PUT /vm/pause HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+    expect_raw(&spec, p, two_len, false, 400, "Content-Length");
+    // No Content-Length on a body route: the body is empty.
+    let no_len = b"PUT /devices/net0/link HTTP/1.1\r\n\r\n{\"up\": true}";
+    expect_raw(&spec, p, no_len, false, 400, "missing JSON body");
+    // A client that connects and leaves: nothing to answer, server goes on.
+    drop(UnixStream::connect(p).unwrap());
+    // Expect: 100-continue is honoured.
+    let mut c = UnixStream::connect(p).unwrap();
+    c.write_all(
+        b"PUT /devices/net0/link HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 12\r\n\r\n",
+    )
+    .unwrap();
+    let mut cont = [0u8; 25];
+    c.read_exact(&mut cont).unwrap();
+    assert_eq!(&cont, b"HTTP/1.1 100 Continue\r\n\r\n");
+    c.write_all(b"{\"up\": true}").unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    assert_eq!(parse_reply(&raw).status, 204);
+    // Still serving.
+    assert_eq!(call(p, "GET", "/vm", None).status, 200);
+}
+
+#[test]
+fn api_slow_clients_time_out_and_others_are_served_after() {
+    let spec = Spec::load();
+    let limit = Duration::from_millis(300);
+    let s = server_with(Limits {
+        request_timeout: limit,
+        ..Limits::default()
+    });
+    let p = &s.sock;
+    // Silent, then half a head, then half a body: each 408 after the limit.
+    for partial in [
+        &b""[..],
+        b"GET /vm HTTP/1.1\r\nHo",
+        b"PUT /devices/net0/link HTTP/1.1\r\nContent-Length: 12\r\n\r\n{\"up\"",
+    ] {
+        let t = Instant::now();
+        let r = exchange(p, partial, false);
+        assert_eq!(r.status, 408, "{}", r.text());
+        spec.check_schema("Error", &r.body);
+        assert!(t.elapsed() >= limit, "answered before the limit");
+        assert!(t.elapsed() < limit * 20, "took {:?}", t.elapsed());
+    }
+    // A stalled client holds the server at most the limit: a request that
+    // queues behind it is answered.
+    let mut stalled = UnixStream::connect(p).unwrap();
+    stalled.write_all(b"GET /vm HTTP/1.1\r\n").unwrap();
+    let t = Instant::now();
+    assert_eq!(call(p, "GET", "/vm", None).status, 200);
+    assert!(t.elapsed() < limit * 20, "took {:?}", t.elapsed());
+    let mut raw = Vec::new();
+    stalled.read_to_end(&mut raw).unwrap();
+    assert_eq!(parse_reply(&raw).status, 408);
+}
+
+#[test]
+fn api_server_takes_stale_sockets_refuses_live_ones_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    // A stale socket (its listener is gone) is replaced.
+    drop(UnixListener::bind(&sock).unwrap());
+    let srv = http::spawn(&sock, FakeVmm::new()).expect("spawn over a stale socket");
+    assert_eq!(srv.path(), sock);
+    // A live one is not taken over.
+    match http::spawn(&sock, FakeVmm::new()) {
+        Err(ApiServerError::InUse(p)) => assert_eq!(p, sock),
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    assert_eq!(call(&sock, "GET", "/vm", None).status, 200);
+    srv.stop();
+    assert!(!sock.exists(), "stop removes the socket");
+    // A file that is no socket is left alone.
+    std::fs::write(&sock, "data").unwrap();
+    assert!(matches!(
+        http::spawn(&sock, FakeVmm::new()),
+        Err(ApiServerError::NotASocket(_))
+    ));
+    assert_eq!(std::fs::read_to_string(&sock).unwrap(), "data");
+    assert!(matches!(
+        http::spawn(&dir.path().join("no/such/dir/api.sock"), FakeVmm::new()),
+        Err(ApiServerError::Bind { .. })
+    ));
+}
+
+/// Runs `splitvm ctl --api-socket SOCK ARGS`; returns (status, stdout, stderr).
+pub fn ctl(sock: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(splitvm_tests::bin_path("splitvm"))
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("run splitvm ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ctl_prints_human_and_json_output_and_one_line_errors() {
+    let mut s = server();
+    let p = s.sock.clone();
+    let ok = |args: &[&str]| {
+        let (code, out, err) = ctl(&p, args);
+        assert_eq!(code, 0, "ctl {args:?}: {err}");
+        out
+    };
+    let out = ok(&["info"]);
+    assert!(
+        out.contains("state    running") && out.contains("pid      4242"),
+        "{out}"
+    );
+    let json: VmInfo = serde_json::from_str(&ok(&["info", "--json"])).unwrap();
+    assert_eq!(json, s.fake.info());
+    assert_eq!(ok(&["pause"]), "paused\n");
+    assert_eq!(s.fake.info().state, VmState::Paused);
+    assert_eq!(ok(&["--json", "resume"]), "");
+    assert_eq!(s.fake.info().state, VmState::Running);
+    let out = ok(&["devices"]);
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(
+        out.contains("blk0") && out.contains("/run/net0.sock"),
+        "{out}"
+    );
+    let devs: Vec<DeviceInfo> = serde_json::from_str(&ok(&["devices", "--json"])).unwrap();
+    assert_eq!(devs, s.fake.devices());
+    let new_sock = s._dir.path().join("b.sock");
+    let _l = UnixListener::bind(&new_sock).unwrap();
+    let out = ok(&["swap", "blk0", "--socket", new_sock.to_str().unwrap()]);
+    assert!(out.starts_with("blk0: now served by"), "{out}");
+    assert_eq!(s.fake.st().blk_socket, new_sock);
+    assert_eq!(ok(&["link", "net0", "down"]), "net0: link down\n");
+    assert!(!s.fake.st().net_link);
+    assert_eq!(ok(&["link", "net0", "up"]), "net0: link up\n");
+    let out = ok(&["metrics"]);
+    assert!(out.contains("DEVICE") && out.contains("VCPU"), "{out}");
+    let m: Metrics = serde_json::from_str(&ok(&["metrics", "--json"])).unwrap();
+    assert_eq!(m, s.fake.metrics());
+    assert!(ok(&["metrics", "--prometheus"]).contains("# TYPE splitvm_vcpu_exits_total counter"));
+
+    // API errors: status 1, one line with the API's message.
+    for (args, needle) in [
+        (&["link", "blk0", "up"][..], "409: blk0 has no link"),
+        (
+            &["swap", "blk0", "--socket", "/nonexistent.sock"],
+            "400: field `socket`",
+        ),
+        (
+            &["swap", "zzz", "--socket", "/x"],
+            "404: no device named \"zzz\"",
+        ),
+        (&["link", "a/b", "up"], "404"),
+    ] {
+        let (code, out, err) = ctl(&p, args);
+        assert_eq!((code, out.as_str()), (1, ""), "{args:?}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("splitvm ctl: error:") && err.contains(needle),
+            "{err}"
+        );
+    }
+    assert_eq!(ok(&["shutdown"]), "shutting down\n");
+    assert_eq!(ok(&["kill"]), "killed\n");
+    // No server: one line naming the socket.
+    s.server.take().unwrap().stop();
+    let (code, _, err) = ctl(&p, &["info"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot connect to API socket") && err.contains("api.sock"),
+        "{err}"
+    );
+    // Usage errors are clap's (status 2).
+    assert_eq!(ctl(&p, &["link", "net0", "sideways"]).0, 2);
+}
