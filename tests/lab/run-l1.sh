@@ -124,7 +124,11 @@ assets=$("$ROOT/scripts/guest-assets")
 . "$assets/assets.env"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/splitvm-l1.XXXXXX")
-cleanup() { rm -rf "$work"; }
+cleanup() {
+	# QEMU (through its `timeout`) must not outlive this script.
+	if [[ -f $work/qemu.pid ]]; then kill "$(cat "$work/qemu.pid")" 2>/dev/null || true; fi
+	rm -rf "$work"
+}
 trap cleanup EXIT
 stage="$work/overlay"
 mkdir -p "$stage/opt/splitvm/bin" "$stage/opt/splitvm/lib" "$stage/lab"
@@ -169,14 +173,51 @@ t0=$EPOCHREALTIME
 rc=
 qemu_rc=
 elapsed() { awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
-# QEMU's status arrives as the last line of the pipe, after its console.
-while IFS= read -r line; do
+# The level-1 console goes through a pipe; QEMU's status arrives as its last
+# line. QEMU's stdin is a FIFO held open here, so the watchdog can send the
+# level-1 serial port a byte.
+mkfifo "$work/stdin"
+exec 7<>"$work/stdin"
+stall_poke=${SPLITVM_L1_STALL_SECS:-30}
+stall_kill=$((stall_poke + 60))
+silent=0
+poked=0
+partial=
+while :; do
+	IFS= read -r -t 10 line && st=0 || st=$?
+	if ((st != 0)); then
+		# read: 0 line, 1 EOF, >128 timeout (keeping a partial line).
+		((st > 128)) || break
+		partial+=$line
+		silent=$((silent + 10))
+		# Level 1 prints SPLITVM-L1-TICK every 5 s. Under TCG its nested SVM
+		# occasionally stops waking up; an interrupt from the serial port
+		# revives it.
+		if ((silent >= stall_poke && poked == 0)); then
+			log "level 1 silent for $silent s at $(elapsed) s: poking its serial port"
+			printf '\n' >&7
+			poked=1
+		elif ((silent >= stall_kill)); then
+			log "level 1 stalled (silent for $silent s): stopping QEMU"
+			kill "$(cat "$work/qemu.pid")" 2>/dev/null || true
+			silent=0
+		fi
+		continue
+	fi
+	line=$partial$line
+	partial=
+	silent=0
+	if ((poked)); then
+		log "level 1 is alive again at $(elapsed) s"
+		poked=0
+	fi
 	line=${line%$'\r'}
 	case $line in
 	RUN-L1-QEMU-EXIT=*)
 		qemu_rc=${line#RUN-L1-QEMU-EXIT=}
 		continue
 		;;
+	SPLITVM-L1-TICK) continue ;;
 	esac
 	printf '[l1] %s\n' "$line"
 	case $line in
@@ -193,9 +234,13 @@ done < <(
 	st=0
 	timeout -k 10 "$timeout" qemu-system-x86_64 -M microvm -accel tcg -cpu max -m "$memory" -smp 1 \
 		-nodefaults -no-user-config -display none -no-reboot -serial stdio \
-		-kernel "${SPLITVM_L1_KERNEL:-$VMLINUX}" -initrd "$work/initrd.cpio" -append "$append" </dev/null || st=$?
+		-kernel "${SPLITVM_L1_KERNEL:-$VMLINUX}" -initrd "$work/initrd.cpio" -append "$append" \
+		<"$work/stdin" &
+	echo $! >"$work/qemu.pid"
+	wait $! || st=$?
 	echo "RUN-L1-QEMU-EXIT=$st"
 )
+exec 7>&-
 log "QEMU exited (status ${qemu_rc:-unknown}) at $(elapsed) s"
 if [[ -z $rc ]]; then
 	[[ $qemu_rc == 124 ]] && log "level 1 timed out after $timeout s"
