@@ -9,6 +9,30 @@ use splitvm_tests::lab::{Lab, LabRun, L2};
 
 const WORD: &str = "splitvm_lab_word=ok";
 
+/// Level-2 modules the base initramfs loads (tests/lab/README.md).
+const MODULES: [&str; 6] = [
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_input",
+    "evdev",
+    "ext4",
+];
+
+/// Scenario: reports which of [`MODULES`] are loaded.
+fn modules_scenario() -> String {
+    format!(
+        "for m in {}; do\n\tgrep -q \"^$m \" /proc/modules && echo \"RESULT module_$m=loaded\"\ndone\nexit 0\n",
+        MODULES.join(" ")
+    )
+}
+
+fn assert_modules_loaded(run: &splitvm_tests::lab::L2View<'_>) {
+    for m in MODULES {
+        assert_eq!(run.result(&format!("module_{m}")), "loaded");
+    }
+}
+
 /// Guest-visible MemTotal for a `size_mib` guest: the Debian kernel keeps
 /// ~45 MiB for itself; allow up to 64 MiB.
 fn memtotal_range(size_mib: u64) -> std::ops::RangeInclusive<u64> {
@@ -21,22 +45,12 @@ fn lab() -> &'static LabRun {
         std::panic::catch_unwind(|| {
             Lab::new()
                 // The lab itself: QEMU+KVM inside level 1 boots the same guest.
-                .l2(L2::qemu("qemu_1cpu").args([
-                    "--cpus",
-                    "1",
-                    "--memory",
-                    "256M",
-                    "--cmdline",
-                    WORD,
-                ]))
-                .l2(L2::splitvm("splitvm_1cpu_256m").args([
-                    "--cpus",
-                    "1",
-                    "--memory",
-                    "256M",
-                    "--cmdline",
-                    WORD,
-                ]))
+                .l2(L2::qemu("qemu_1cpu")
+                    .args(["--cpus", "1", "--memory", "256M", "--cmdline", WORD])
+                    .scenario(&modules_scenario()))
+                .l2(L2::splitvm("splitvm_1cpu_256m")
+                    .args(["--cpus", "1", "--memory", "256M", "--cmdline", WORD])
+                    .scenario(&modules_scenario()))
                 .l2(L2::splitvm("splitvm_2cpu_512m").args(["--cpus", "2", "--memory", "512M"]))
                 .run()
         })
@@ -64,6 +78,7 @@ fn nested_lab_qemu_boots_l2() {
         "cmdline {:?} lacks {WORD}",
         run.result("cmdline")
     );
+    assert_modules_loaded(&run);
 }
 
 #[test]
@@ -77,6 +92,7 @@ fn nested_lab_splitvm_boots_1cpu_256m() {
         cmdline.split_whitespace().any(|w| w == WORD),
         "cmdline {cmdline:?} lacks {WORD}"
     );
+    assert_modules_loaded(&run);
 }
 
 #[test]
