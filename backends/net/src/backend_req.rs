@@ -1,163 +1,142 @@
-//! Sending `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG` to the frontend.
+//! Sending `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG` to the frontend, and the
+//! message hook ([`NetIntercept`]) that makes it possible.
 //!
-//! vhost 0.18's [`Backend`] (the handle vhost-user-backend passes to
+//! vhost 0.18's `Backend` (the handle vhost-user-backend passes to
 //! `set_backend_req_fd`) forwards shared-object and shmem requests only:
-//! its `handle_config_change` is the trait default (`ENOSYS`), and it does
-//! not expose its socket. So the backend finds that socket itself: the one
-//! unnamed, connected `AF_UNIX` stream socket of this process whose peer is
-//! another process (the frontend's end of its socketpair), newest inode
-//! first, and keeps a duplicate of it. The vhost-user connection itself is
-//! named (it was accepted on our listening path), and in-process pairs
-//! (signal-hook's) have this process as peer. The message has no body and
-//! no NEED_REPLY flag, so nothing is ever read from the channel and the
-//! crate's own use of it (it never sends on its own) cannot interleave.
+//! its `handle_config_change` is the trait default (`ENOSYS`) and its socket
+//! is private. So splitvm-net sits behind the serve loop's message proxy and
+//! keeps a duplicate of the channel when `SET_BACKEND_REQ_FD` passes. The
+//! config-change message has no body and no NEED_REPLY flag, so nothing is
+//! ever read from the channel and the crate (which never sends on it for
+//! this device) cannot interleave with it.
+//!
+//! The same hook deals with `SET_VRING_ENABLE` sent before `SET_FEATURES`
+//! has acked `VHOST_USER_F_PROTOCOL_FEATURES`: QEMU 7.2's virtio-net does
+//! that (`virtio_net_set_queue_pairs` when the driver sets its features,
+//! before `vhost_dev_start`) and never enables the rings again, while
+//! vhost-user-backend 0.24 answers it with `InactiveFeature` and drops the
+//! connection. The first such message is replaced by a `SET_FEATURES` that
+//! acks only `PROTOCOL_FEATURES` (QEMU sends the enables several times, so
+//! the replaced one is repeated); the later ones then pass, and the real
+//! `SET_FEATURES` overrides the stand-in.
 
-use std::fs;
-use std::io;
-use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
 
-use vhost::vhost_user::Backend;
+use log::{debug, info};
+use splitvm_backends::proxy::{Intercept, Message, Verdict};
+
+use crate::vhu_net::NetDevice;
 
 /// `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`.
 const CONFIG_CHANGE_MSG: u32 = 2;
 /// Header flag: protocol version 1.
 const VERSION_1: u32 = 0x1;
+/// `VHOST_USER_SET_FEATURES`.
+const SET_FEATURES: u32 = 2;
+/// `VHOST_USER_SET_VRING_ENABLE`.
+const SET_VRING_ENABLE: u32 = 18;
+/// `VHOST_USER_SET_BACKEND_REQ_FD`.
+const SET_BACKEND_REQ_FD: u32 = 21;
+/// `VHOST_USER_F_PROTOCOL_FEATURES`.
+const PROTOCOL_FEATURES: u64 = 1 << 30;
 
-/// Errors finding or using the channel.
+/// Errors using the channel.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendReqError {
-    /// `/proc/self/fd` could not be read.
-    #[error("cannot list /proc/self/fd: {0}")]
-    Proc(#[source] io::Error),
-    /// No socket looked like the channel.
-    #[error("no unnamed unix stream socket with a foreign peer found")]
-    NotFound,
-    /// Duplicating or writing failed.
+    /// Writing the message failed.
     #[error("backend request channel: {0}")]
     Io(#[source] io::Error),
 }
 
-/// The frontend's backend request channel (a duplicate of the socket held
-/// by the crate's [`Backend`]).
+/// The frontend's backend request channel (a duplicate of the socket the
+/// crate's `Backend` holds).
 pub struct ConfigChangeSender {
-    _backend: Backend,
-    fd: OwnedFd,
-}
-
-fn sockopt(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
-    let mut v: libc::c_int = 0;
-    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `v`, which lives
-    // for the call; a non-socket fd makes it fail without writing.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(v)
-}
-
-fn is_channel(fd: RawFd) -> bool {
-    if sockopt(fd, libc::SO_DOMAIN) != Some(libc::AF_UNIX)
-        || sockopt(fd, libc::SO_TYPE) != Some(libc::SOCK_STREAM)
-        || sockopt(fd, libc::SO_ACCEPTCONN) != Some(0)
-    {
-        return false;
-    }
-    // SAFETY: an all-zero sockaddr_un is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: getsockname writes at most `len` bytes into `addr`.
-    let r =
-        unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len) };
-    if r != 0 || len as usize > mem::size_of::<libc::sa_family_t>() {
-        return false;
-    }
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut clen = mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes one `ucred` (at most `clen` bytes) into `cred`.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut clen,
-        )
-    };
-    r == 0 && cred.pid != 0 && cred.pid != std::process::id() as libc::pid_t
+    sock: File,
 }
 
 impl ConfigChangeSender {
-    /// Finds the channel `backend` was built on (see the module docs).
-    pub fn find(backend: Backend) -> Result<Self, BackendReqError> {
-        let mut best: Option<(u64, RawFd)> = None;
-        for entry in fs::read_dir("/proc/self/fd").map_err(BackendReqError::Proc)? {
-            let Ok(entry) = entry else { continue };
-            let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<RawFd>().ok())
-            else {
-                continue;
-            };
-            let Ok(link) = fs::read_link(entry.path()) else {
-                continue;
-            };
-            let Some(inode) = link
-                .to_str()
-                .and_then(|l| l.strip_prefix("socket:["))
-                .and_then(|l| l.strip_suffix(']'))
-                .and_then(|l| l.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if is_channel(fd) && best.is_none_or(|(i, _)| inode > i) {
-                best = Some((inode, fd));
-            }
-        }
-        let (_, fd) = best.ok_or(BackendReqError::NotFound)?;
-        // SAFETY: F_DUPFD_CLOEXEC on an fd that is open (it is held by the
-        // crate's `Backend`, which we keep alive) returns a new fd we own.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            return Err(BackendReqError::Io(io::Error::last_os_error()));
-        }
-        // SAFETY: `dup` is a fresh fd nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(dup) };
-        Ok(ConfigChangeSender {
-            _backend: backend,
-            fd,
-        })
-    }
-
     /// Tells the frontend the config space changed.
     pub fn config_changed(&self) -> Result<(), BackendReqError> {
         let mut msg = [0u8; 12];
         msg[..4].copy_from_slice(&CONFIG_CHANGE_MSG.to_le_bytes());
         msg[4..8].copy_from_slice(&VERSION_1.to_le_bytes());
-        // SAFETY: send reads `msg.len()` bytes from `msg`, which lives for
-        // the call; MSG_NOSIGNAL turns a closed peer into EPIPE.
-        let n = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n != msg.len() as isize {
-            return Err(BackendReqError::Io(io::Error::last_os_error()));
+        (&self.sock).write_all(&msg).map_err(BackendReqError::Io)
+    }
+}
+
+/// The per-connection message hook (see the module docs).
+pub struct NetIntercept {
+    dev: Arc<NetDevice>,
+    features_set: AtomicBool,
+}
+
+impl NetIntercept {
+    /// A hook for one connection to `dev`.
+    pub fn new(dev: Arc<NetDevice>) -> Self {
+        NetIntercept {
+            dev,
+            features_set: AtomicBool::new(false),
         }
-        Ok(())
+    }
+}
+
+impl Intercept for NetIntercept {
+    fn on_request(&self, msg: Message) -> io::Result<Verdict> {
+        log::trace!(
+            "frontend request {} ({} bytes)",
+            msg.request,
+            msg.body.len()
+        );
+        match msg.request {
+            SET_FEATURES => {
+                let f = msg
+                    .body
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, u64::from_le_bytes);
+                self.features_set
+                    .store(f & PROTOCOL_FEATURES != 0, Ordering::SeqCst);
+            }
+            SET_VRING_ENABLE if !self.features_set.load(Ordering::SeqCst) => {
+                if msg.need_reply() {
+                    debug!("SET_VRING_ENABLE before SET_FEATURES: acknowledged, not forwarded");
+                    let body = 0u64.to_le_bytes().to_vec();
+                    return Ok(Verdict::Handled(Some(Message::reply(
+                        msg.request,
+                        body,
+                        Vec::new(),
+                    ))));
+                }
+                // Ack PROTOCOL_FEATURES in its place (no reply expected for
+                // either), so that the daemon accepts the SET_VRING_ENABLEs
+                // that follow; QEMU repeats them, and the real SET_FEATURES
+                // replaces this one.
+                debug!("SET_VRING_ENABLE before SET_FEATURES: sending SET_FEATURES(PROTOCOL_FEATURES) first");
+                self.features_set.store(true, Ordering::SeqCst);
+                return Ok(Verdict::Forward(Message {
+                    request: SET_FEATURES,
+                    flags: VERSION_1,
+                    body: PROTOCOL_FEATURES.to_le_bytes().to_vec(),
+                    files: Vec::new(),
+                }));
+            }
+            SET_BACKEND_REQ_FD => {
+                if let Some(f) = msg.files.first() {
+                    let sock = f.try_clone()?;
+                    info!("backend request channel set up: link changes are notified");
+                    *self
+                        .dev
+                        .backend_req
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) =
+                        Some(ConfigChangeSender { sock });
+                }
+            }
+            _ => {}
+        }
+        Ok(Verdict::Forward(msg))
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Files: `cli.rs` (arguments → [`Config`]), `net.rs` (headers, checks,
 //! config space, control commands; no sockets and no `unsafe`), `tap.rs`
-//! (the tap fds), `backend_req.rs` (config-change notification),
+//! (the tap fds), `backend_req.rs` (the message hook: config-change
+//! notification and QEMU 7.2's early `SET_VRING_ENABLE`),
 //! `vhu_net.rs` (the `VhostUserBackend`), and this file ([`start_backend`]
 //! and the link control).
 

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{
@@ -30,7 +29,9 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::backend_req::ConfigChangeSender;
+use splitvm_backends::proxy::Intercept;
+
+use crate::backend_req::{ConfigChangeSender, NetIntercept};
 use crate::net::{self, ctrl, Counters, CtrlCmd, NetError, VnetHdr, HDR_LEN, MAX_FRAME};
 use crate::tap::Tap;
 
@@ -762,16 +763,6 @@ impl VhostUserBackend for VhostUserNetBackend {
         Ok(())
     }
 
-    fn set_backend_req_fd(&self, backend: Backend) {
-        match ConfigChangeSender::find(backend) {
-            Ok(s) => {
-                info!("backend request channel set up: link changes are notified");
-                *lock(&self.inner.dev.backend_req) = Some(s);
-            }
-            Err(e) => warn!("backend request channel unusable: {e}"),
-        }
-    }
-
     fn queues_per_thread(&self) -> Vec<u64> {
         let n = self.inner.pairs.len();
         (0..n)
@@ -843,6 +834,10 @@ impl VhostUserBackend for VhostUserNetBackend {
 }
 
 impl splitvm_backends::daemon::Device for VhostUserNetBackend {
+    fn intercept(&self) -> Option<Arc<dyn Intercept>> {
+        Some(Arc::new(NetIntercept::new(self.inner.dev.clone())))
+    }
+
     fn attach(&self, handlers: &[Arc<VringEpollHandler<Self>>]) -> io::Result<()> {
         let ev = u64::from(self.tap_event());
         for (tap, h) in self.inner.dev.taps.iter().zip(handlers) {
