@@ -178,35 +178,40 @@ elapsed() { awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }
 # level-1 serial port a byte.
 mkfifo "$work/stdin"
 exec 7<>"$work/stdin"
-stall_poke=${SPLITVM_L1_STALL_SECS:-30}
-stall_kill=$((stall_poke + 60))
+stall_poke=${SPLITVM_L1_STALL_SECS:-15}
+stall_kill=120
 silent=0
+last_poke=0
 poked=0
 partial=
 while :; do
-	IFS= read -r -t 10 line && st=0 || st=$?
+	IFS= read -r -t 5 line && st=0 || st=$?
 	if ((st != 0)); then
 		# read: 0 line, 1 EOF, >128 timeout (keeping a partial line).
 		((st > 128)) || break
 		partial+=$line
-		silent=$((silent + 10))
-		# Level 1 prints SPLITVM-L1-TICK every 5 s. Under TCG its nested SVM
-		# occasionally stops waking up; an interrupt from the serial port
-		# revives it.
-		if ((silent >= stall_poke && poked == 0)); then
-			log "level 1 silent for $silent s at $(elapsed) s: poking its serial port"
-			printf '\n' >&7
-			poked=1
-		elif ((silent >= stall_kill)); then
+		silent=$((silent + 5))
+		# Level 1 prints SPLITVM-L1-TICK every 5 s. Under TCG it occasionally
+		# stops waking up from idle (a lost timer interrupt: after a wake-up
+		# it logs "soft lockup - CPU#0 stuck for 30s! [swapper/0:0]"); an
+		# interrupt from the serial port revives it.
+		if ((silent >= stall_kill)); then
 			log "level 1 stalled (silent for $silent s): stopping QEMU"
 			kill "$(cat "$work/qemu.pid")" 2>/dev/null || true
 			silent=0
+			last_poke=0
+		elif ((silent - last_poke >= stall_poke)); then
+			last_poke=$silent
+			log "level 1 silent for $silent s at $(elapsed) s: poking its serial port"
+			printf '\n' >&7
+			poked=1
 		fi
 		continue
 	fi
 	line=$partial$line
 	partial=
 	silent=0
+	last_poke=0
 	if ((poked)); then
 		log "level 1 is alive again at $(elapsed) s"
 		poked=0
