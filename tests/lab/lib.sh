@@ -19,7 +19,7 @@
 
 L2_KERNEL=/l2/vmlinux
 L2_BASE_INITRD=/l2/initramfs.cpio
-L2_TIMEOUT=${L2_TIMEOUT:-120}
+L2_TIMEOUT=${L2_TIMEOUT:-300}
 
 lab_now() {
 	lab-timer now
