@@ -1,17 +1,20 @@
 //! The API server: HTTP/1.1 on a unix socket, one request per connection,
-//! served in turn on the `api` thread (no async runtime).
+//! no async runtime. The `api` thread accepts; each connection is served on
+//! its own `api-conn` thread, at most `Limits::max_connections` at once
+//! (more are answered 503 at once), so neither a slow client nor a slow
+//! VMM operation (a swap waiting for a backend) stops the others.
 //!
 //! Anyone who can open the socket can send anything, so every size is
 //! bounded ([`Limits`]): the request head, the number of headers, the body.
 //! A request must arrive whole within `Limits::request_timeout`, so a slow
-//! or silent client holds the thread at most that long. Bodies need a
+//! or silent client holds its thread at most that long. Bodies need a
 //! `Content-Length`; `Transfer-Encoding` (chunked) is refused with 501.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,6 +34,8 @@ pub struct Limits {
     /// Time from accept until the whole request has arrived (and again for
     /// writing the response).
     pub request_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -40,6 +45,7 @@ impl Default for Limits {
             max_headers: 32,
             max_body: 64 << 10,
             request_timeout: Duration::from_secs(5),
+            max_connections: 16,
         }
     }
 }
@@ -268,6 +274,7 @@ fn reason(status: u16) -> &'static str {
         500 => "Internal Server Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",
+        503 => "Service Unavailable",
         _ => "Unknown",
     }
 }
@@ -337,18 +344,75 @@ fn serve_connection(mut stream: UnixStream, control: &dyn VmmControl, limits: &L
     }
 }
 
+/// Releases a connection slot when its thread ends, even by a panic.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves `stream` on a new `api-conn` thread, or answers 503 when
+/// `max_connections` are busy.
+fn dispatch(
+    mut stream: UnixStream,
+    control: &Arc<dyn VmmControl>,
+    limits: &Limits,
+    active: &Arc<AtomicUsize>,
+) {
+    if active.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+        active.fetch_sub(1, Ordering::AcqRel);
+        log::warn!(
+            "api: more than {} connections; answering 503",
+            limits.max_connections
+        );
+        // A fresh socket's send buffer takes this small answer without
+        // blocking; a client that does not read cannot stall the acceptor.
+        let resp = Response::error(503, "too many connections; retry");
+        if stream.set_nonblocking(true).is_ok() {
+            let _ = stream.write_all(&encode(&resp));
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            // Closing with unread bytes would reset the connection before
+            // the client reads the answer: take what already arrived.
+            let mut chunk = [0u8; 4096];
+            for _ in 0..16 {
+                match stream.read(&mut chunk) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        }
+        return;
+    }
+    let slot = Slot(active.clone());
+    let control = control.clone();
+    let limits = *limits;
+    let spawned = std::thread::Builder::new()
+        .name("api-conn".into())
+        .spawn(move || {
+            let _slot = slot;
+            serve_connection(stream, control.as_ref(), &limits);
+        });
+    if let Err(e) = spawned {
+        // The closure (and its slot) was dropped with the error.
+        log::warn!("api: starting a connection thread: {e}");
+    }
+}
+
 fn serve_until(
     listener: UnixListener,
     control: Arc<dyn VmmControl>,
     limits: Limits,
     stop: &AtomicBool,
 ) {
+    let active = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if stop.load(Ordering::Acquire) {
             break;
         }
         match conn {
-            Ok(stream) => serve_connection(stream, control.as_ref(), &limits),
+            Ok(stream) => dispatch(stream, &control, &limits, &active),
             Err(e) => {
                 log::warn!("api: accept: {e}");
                 // Out of fds and the like: do not spin on the error.

@@ -274,6 +274,17 @@ fn check_socket_path(p: &Path) -> Result<(), ApiError> {
     }
 }
 
+/// The device whose backend listens on `socket` now, if any.
+fn socket_user(control: &dyn VmmControl, socket: &Path) -> Option<String> {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let want = canon(socket);
+    control
+        .devices()
+        .into_iter()
+        .find(|d| canon(&d.socket) == want)
+        .map(|d| d.name)
+}
+
 fn require_device(control: &dyn VmmControl, name: &str) -> Result<(), Response> {
     if control.devices().iter().any(|d| d.name == name) {
         Ok(())
@@ -323,6 +334,14 @@ pub fn handle(control: &dyn VmmControl, method: &str, target: &str, body: &[u8])
             };
             if let Err(e) = check_socket_path(&req.socket) {
                 return from_result(Err(e), true);
+            }
+            if let Some(user) = socket_user(control, &req.socket) {
+                // A backend serves one frontend at a time: connecting again
+                // would only wait.
+                return Response::error(
+                    409,
+                    format!("{} already serves {user}", req.socket.display()),
+                );
             }
             from_result(control.swap(&name, &req.socket), true)
         }
