@@ -51,6 +51,16 @@ fn run(args: vmm_core::cli::RunArgs) -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let _api = match &cfg.api_socket {
+        Some(path) => match vmm_core::api::http::spawn(path, vmm.handle()) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                eprintln!("splitvm: error: --api-socket {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
     let code = match vmm.run() {
         Ok(VmExitEvent::Reset | VmExitEvent::Shutdown | VmExitEvent::Killed) => ExitCode::SUCCESS,
         Ok(ev) => {
