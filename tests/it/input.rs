@@ -448,3 +448,29 @@ fn input_send_subcommand_prints_errors_and_fails() {
         "the good line still went through"
     );
 }
+
+#[test]
+fn input_send_latency_mode_times_led_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, sock, events) = spawn_profile(dir.path(), "keyboard", &[]);
+    let mut dev = InputDev::connect(&sock);
+    wait_for("event socket", T, || events.exists().then_some(()));
+    let mut cmd = Command::new(splitvm_tests::bin_path("splitvm-input"));
+    cmd.args(["send", "--latency", "3", "--event-socket"])
+        .arg(&events);
+    let mut send = splitvm_tests::proc::ChildGuard::spawn("send", cmd);
+    // Play the guest: answer each key press with an LED toggle.
+    dev.post_event_buffers(12);
+    let mut led = 0;
+    for _ in 0..3 {
+        let got = dev.events(4);
+        assert_eq!(got[0].0, EV_KEY);
+        led ^= 1;
+        dev.status((EV_LED, 1, led));
+        dev.post_event_buffers(4);
+    }
+    let line = send.wait_for_line("latency n=", T);
+    assert!(line.contains("n=3 median_us="), "{line}");
+    let (st, _) = send.finish(T);
+    assert!(st.success());
+}

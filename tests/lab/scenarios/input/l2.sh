@@ -1,0 +1,60 @@
+# Level-2 guest half of the input scenarios (busybox ash, run as
+# /scenario.sh). l1.sh prepends the settings and appends the static evread
+# binary after the final `exit`:
+#   KBD=NAME      input device to find in /sys/class/input (required)
+#   MODE=evdev    also read a second batch of keys (after the host device
+#                 was unplugged and plugged again)
+#   TOUCH=NAME    a touch screen to check and read
+#   LAT=N         then answer N key taps with LED toggles (latency)
+#   EVREAD_SIZE   bytes of the appended evread binary
+# Prints RESULT lines, the events read as "KEYS1 t c v" / "KEYS2" / "TOUCH",
+# and "EVREAD-READY" (from evread, on the console) whenever l1.sh may inject.
+
+tail -c "$EVREAD_SIZE" /scenario.sh >/evread && chmod 755 /evread || {
+	echo "RESULT evread_unpacked=no"
+	exit 1
+}
+sysdir() {
+	for d in /sys/class/input/input*; do
+		[ "$(cat "$d/name" 2>/dev/null)" = "$1" ] && {
+			echo "$d"
+			return
+		}
+	done
+}
+K=$(sysdir "$KBD")
+if [ -z "$K" ]; then
+	echo "RESULT kbd_found=no"
+	cat /sys/class/input/*/name
+	exit 1
+fi
+echo "RESULT kbd_found=yes"
+echo "RESULT kbd_ev=$(cat "$K/capabilities/ev")"
+echo "RESULT kbd_led=$(cat "$K/capabilities/led")"
+echo "RESULT kbd_ids=$(cat "$K/id/bustype"):$(cat "$K/id/vendor"):$(cat "$K/id/product")"
+rc=0
+/evread --name "$KBD" --led 1=1 -n 0 --timeout 10
+echo "RESULT led_write=$?"
+/evread --name "$KBD" --ready -n 12 --timeout 90 >/tmp/k1 || rc=1
+echo "RESULT keys1=$(wc -l </tmp/k1)"
+sed 's/^/KEYS1 /' /tmp/k1
+if [ "$MODE" = evdev ]; then
+	/evread --name "$KBD" --ready -n 4 --timeout 90 >/tmp/k2 || rc=1
+	echo "RESULT keys2=$(wc -l </tmp/k2)"
+	sed 's/^/KEYS2 /' /tmp/k2
+fi
+if [ -n "$TOUCH" ]; then
+	T=$(sysdir "$TOUCH")
+	echo "RESULT touch_props=$(cat "$T/properties")"
+	echo "RESULT touch_abs=$(cat "$T/capabilities/abs")"
+	/evread --name "$TOUCH" --ready --until 1:330:0 --timeout 90 >/tmp/t || rc=1
+	echo "RESULT touch_events=$(wc -l </tmp/t)"
+	sed 's/^/TOUCH /' /tmp/t
+fi
+if [ "${LAT:-0}" -gt 0 ]; then
+	# The LED must change for the kernel to pass it on: start from off.
+	/evread --name "$KBD" --led 1=0 -n 0 --timeout 10
+	/evread --name "$KBD" --ready --echo-led --no-syn -n $((LAT * 2)) --timeout 120 >/dev/null || rc=1
+	echo "RESULT latency_taps=$LAT"
+fi
+exit $rc
