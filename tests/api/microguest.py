@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Writes a micro-guest ELF "kernel" for splitvm (same layout as
 tests/src/microguest.rs): 64-bit code at 0x1000000 that prints MESSAGE on
-COM1 and then spins forever (`jmp $`), so the VM stays up.
+COM1 and then halts forever (`hlt` in a loop: with interrupts off and the
+in-kernel irqchip the vCPU sleeps in KVM instead of burning a host CPU), so
+the VM stays up.
 
 Usage: microguest.py OUT.elf [MESSAGE]
 """
@@ -15,7 +17,7 @@ def code(msg: bytes) -> bytes:
     c = bytearray(b"\x66\xba\xf8\x03")  # mov dx, 0x3f8
     for b in msg:
         c += bytes([0xB0, b, 0xEE])  # mov al, b; out dx, al
-    c += b"\xeb\xfe"  # jmp $
+    c += b"\xf4\xeb\xfd"  # hlt; jmp back to the hlt
     return bytes(c)
 
 

@@ -3,6 +3,7 @@
 //! checked against `docs/api.yaml`; `splitvm ctl` against the same server;
 //! then (in `api/e2e.rs`) a real `splitvm run --api-socket` and schemathesis.
 
+mod e2e;
 mod spec;
 
 use std::io::{Read, Write};

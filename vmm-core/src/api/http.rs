@@ -14,8 +14,8 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -344,12 +344,44 @@ fn serve_connection(mut stream: UnixStream, control: &dyn VmmControl, limits: &L
     }
 }
 
+/// Connections being served, so a stopping server can let them finish.
+#[derive(Debug, Default)]
+struct Active {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Active {
+    /// Takes a slot unless `max` are taken.
+    fn enter(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot(self.clone()))
+    }
+
+    /// Waits until no connection is served, at most `limit`.
+    fn wait_idle(&self, limit: Duration) -> bool {
+        let n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        match self.idle.wait_timeout_while(n, limit, |n| *n > 0) {
+            Ok((_, t)) => !t.timed_out(),
+            Err(_) => false,
+        }
+    }
+}
+
 /// Releases a connection slot when its thread ends, even by a panic.
-struct Slot(Arc<AtomicUsize>);
+struct Slot(Arc<Active>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut n = self.0.count.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.0.idle.notify_all();
+        }
     }
 }
 
@@ -359,10 +391,9 @@ fn dispatch(
     mut stream: UnixStream,
     control: &Arc<dyn VmmControl>,
     limits: &Limits,
-    active: &Arc<AtomicUsize>,
+    active: &Arc<Active>,
 ) {
-    if active.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
-        active.fetch_sub(1, Ordering::AcqRel);
+    let Some(slot) = active.enter(limits.max_connections) else {
         log::warn!(
             "api: more than {} connections; answering 503",
             limits.max_connections
@@ -384,8 +415,7 @@ fn dispatch(
             }
         }
         return;
-    }
-    let slot = Slot(active.clone());
+    };
     let control = control.clone();
     let limits = *limits;
     let spawned = std::thread::Builder::new()
@@ -405,14 +435,14 @@ fn serve_until(
     control: Arc<dyn VmmControl>,
     limits: Limits,
     stop: &AtomicBool,
+    active: &Arc<Active>,
 ) {
-    let active = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if stop.load(Ordering::Acquire) {
             break;
         }
         match conn {
-            Ok(stream) => dispatch(stream, &control, &limits, &active),
+            Ok(stream) => dispatch(stream, &control, &limits, active),
             Err(e) => {
                 log::warn!("api: accept: {e}");
                 // Out of fds and the like: do not spin on the error.
@@ -429,6 +459,7 @@ pub fn serve(listener: UnixListener, control: Arc<dyn VmmControl>) {
         control,
         Limits::default(),
         &AtomicBool::new(false),
+        &Arc::new(Active::default()),
     );
 }
 
@@ -438,6 +469,9 @@ pub fn serve(listener: UnixListener, control: Arc<dyn VmmControl>) {
 pub struct ApiServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    active: Arc<Active>,
+    /// How long stopping waits for connections in progress.
+    linger: Duration,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -447,7 +481,9 @@ impl ApiServer {
         &self.path
     }
 
-    /// Stops serving, waits for the thread, removes the socket.
+    /// Stops accepting, lets the connections in progress finish (at most
+    /// the request timeout; so the answer to a shutdown or kill gets out
+    /// before the process ends), removes the socket.
     pub fn stop(mut self) {
         self.stop_inner();
     }
@@ -462,6 +498,9 @@ impl ApiServer {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.path);
+        if !self.active.wait_idle(self.linger) {
+            log::warn!("api: connections still open after {:?}", self.linger);
+        }
     }
 }
 
@@ -500,15 +539,18 @@ pub fn spawn_with(
         source,
     })?;
     let stop = Arc::new(AtomicBool::new(false));
-    let thread_stop = stop.clone();
+    let active = Arc::new(Active::default());
+    let (thread_stop, thread_active) = (stop.clone(), active.clone());
     let thread = std::thread::Builder::new()
         .name("api".into())
-        .spawn(move || serve_until(listener, control, limits, &thread_stop))
+        .spawn(move || serve_until(listener, control, limits, &thread_stop, &thread_active))
         .map_err(ApiServerError::Thread)?;
     log::info!("api: serving on {}", path.display());
     Ok(ApiServer {
         path: path.to_path_buf(),
         stop,
+        active,
+        linger: limits.request_timeout,
         thread: Some(thread),
     })
 }
