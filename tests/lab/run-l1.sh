@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Boots the nested lab's level 1 and runs a lab script in it.
 #
-#   run-l1.sh --bin-dir DIR --script L1SCRIPT [--file SRC:DEST]... [--with-qemu]
+#   run-l1.sh --bin-dir DIR --script L1SCRIPT [--file SRC:DEST]... [--with-qemu] [--with-qsd]
 #             [--timeout SECS] [--memory MB] [--verbose]
 #
 # Level 1 is Debian's kernel under `qemu-system-x86_64 -M microvm -accel tcg
@@ -37,6 +37,7 @@ bin_dir=
 script=
 files=()
 with_qemu=0
+with_qsd=0
 timeout=900
 memory=2048
 verbose=0
@@ -56,6 +57,10 @@ while [[ $# -gt 0 ]]; do
 		;;
 	--with-qemu)
 		with_qemu=1
+		shift
+		;;
+	--with-qsd)
+		with_qsd=1
 		shift
 		;;
 	--timeout)
@@ -124,6 +129,7 @@ assets=$("$ROOT/scripts/guest-assets")
 . "$assets/assets.env"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/splitvm-l1.XXXXXX")
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
 	# QEMU (through its `timeout`) must not outlive this script.
 	if [[ -f $work/qemu.pid ]]; then kill "$(cat "$work/qemu.pid")" 2>/dev/null || true; fi
@@ -160,6 +166,11 @@ if [[ $with_qemu == 1 ]]; then
 	done
 	[[ -d /usr/share/seabios ]] && cp -rL /usr/share/seabios "$stage/usr/share/"
 	log "packed QEMU"
+fi
+if [[ $with_qsd == 1 ]]; then
+	qsd=$(command -v qemu-storage-daemon) || die "--with-qsd: qemu-storage-daemon not installed"
+	copy_with_libs "$stage" "$qsd" /usr/bin/qemu-storage-daemon
+	log "packed qemu-storage-daemon"
 fi
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$work/overlay.cpio"
 cat "$L1_INITRAMFS" "$work/overlay.cpio" >"$work/initrd.cpio"
