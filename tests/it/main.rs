@@ -10,3 +10,4 @@ mod frontend;
 mod input;
 mod nested_lab;
 mod net_hostile;
+mod net_qemu;
