@@ -28,7 +28,7 @@ use std::sync::{Arc, PoisonError};
 use log::{debug, info};
 use splitvm_backends::proxy::{Intercept, Message, Verdict};
 
-use crate::vhu_net::NetDevice;
+use crate::device::NetDevice;
 
 /// `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`.
 const CONFIG_CHANGE_MSG: u32 = 2;

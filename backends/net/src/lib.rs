@@ -2,7 +2,8 @@
 //!
 //! Files: `cli.rs` (arguments → [`Config`]), `net.rs` (headers, checks,
 //! config space, control commands; no sockets and no `unsafe`), `tap.rs`
-//! (the tap fds), `backend_req.rs` (the message hook: config-change
+//! (the tap fds), `device.rs` (what connections share), `rx.rs` (the RX
+//! path), `backend_req.rs` (the message hook: config-change
 //! notification and QEMU 7.2's early `SET_VRING_ENABLE`),
 //! `vhu_net.rs` (the `VhostUserBackend`), and this file ([`start_backend`]
 //! and the link control).
@@ -11,8 +12,10 @@
 
 pub mod backend_req;
 pub mod cli;
+pub mod device;
 #[forbid(unsafe_code)]
 pub mod net;
+pub mod rx;
 pub mod tap;
 pub mod vhu_net;
 
@@ -27,9 +30,10 @@ use signal_hook::consts::{SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
 
+use crate::device::{feature_names, NetDevice};
 use crate::net::Counters;
 use crate::tap::{Tap, TapError};
-use crate::vhu_net::{feature_names, NetDevice, VhostUserNetBackend};
+use crate::vhu_net::VhostUserNetBackend;
 
 /// Where the tap comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
