@@ -4,6 +4,7 @@
 //! `cargo build --release --workspace --bins`.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use splitvm_tests::lab::{Lab, LabRun, L2};
 
@@ -52,6 +53,9 @@ fn lab() -> &'static LabRun {
                     .args(["--cpus", "1", "--memory", "256M", "--cmdline", WORD])
                     .scenario(&modules_scenario()))
                 .l2(L2::splitvm("splitvm_2cpu_512m").args(["--cpus", "2", "--memory", "512M"]))
+                // splitvm-blk and qemu-storage-daemon as backends of splitvm.
+                .scenario("blk", Duration::from_secs(900))
+                .with_qsd()
                 .run()
         })
         .map_err(|e| {
@@ -101,4 +105,108 @@ fn nested_lab_splitvm_boots_2cpu_512m() {
     run.assert_ok();
     assert_eq!(run.result("nproc"), "2");
     run.result_in("memtotal_kb", memtotal_range(512));
+}
+
+/// The guest's writes (direct, buffered, at the end of the disk), discard
+/// and write-zeroes through splitvm-blk, as the guest and the image file see
+/// them.
+fn assert_raw_blk(l2: &str, img: &str) {
+    let lab = lab();
+    let run = lab.l2(l2);
+    run.assert_ok();
+    for rc in [
+        "direct_rc",
+        "buffered_rc",
+        "tail_rc",
+        "discard_rc",
+        "zeroout_rc",
+    ] {
+        assert_eq!(run.result(rc), "0", "{l2}: {rc}");
+    }
+    assert_ne!(
+        run.result("past_end_rc"),
+        "0",
+        "{l2}: write past the end must fail"
+    );
+    let a = run.result("a_md5");
+    let b = run.result("b_md5");
+    assert_eq!(run.result("direct_back_md5"), a, "{l2}: direct read-back");
+    assert_eq!(
+        run.result("buffered_back_md5"),
+        b,
+        "{l2}: buffered read-back"
+    );
+    assert_eq!(
+        run.result("tail_back_md5"),
+        a,
+        "{l2}: last blocks read-back"
+    );
+    assert_ne!(run.result("discard_before"), "0");
+    assert_eq!(
+        run.result("discard_after"),
+        "0",
+        "{l2}: discarded range reads zeroes"
+    );
+    assert_ne!(run.result("zeroout_before"), "0");
+    assert_eq!(
+        run.result("zeroout_after"),
+        "0",
+        "{l2}: zeroed range reads zeroes"
+    );
+    assert_eq!(
+        run.result("io_errors"),
+        "0",
+        "{l2}: guest logged I/O errors"
+    );
+    // The image file in level 1 holds exactly that.
+    assert_eq!(lab.l1_result(&format!("{img}_img_direct_md5")), a);
+    assert_eq!(lab.l1_result(&format!("{img}_img_buffered_md5")), b);
+    assert_eq!(lab.l1_result(&format!("{img}_img_tail_md5")), a);
+    assert_eq!(lab.l1_result(&format!("{img}_img_discard_nonzero")), "0");
+    assert_eq!(lab.l1_result(&format!("{img}_img_zeroout_nonzero")), "0");
+}
+
+#[test]
+fn nested_lab_splitvm_blk_raw_io() {
+    assert_raw_blk("blk", "blk");
+    let run = lab().l2("blk");
+    assert_eq!(run.result("rw_sectors"), (64u64 << 20 >> 9).to_string());
+}
+
+#[test]
+fn nested_lab_splitvm_blk_readonly_and_filesystem() {
+    let lab = lab();
+    let run = lab.l2("blk");
+    run.assert_ok();
+    assert_eq!(run.result("ro_sysfs"), "1");
+    assert_ne!(
+        run.result("ro_write_rc"),
+        "0",
+        "writes to a read-only disk fail"
+    );
+    assert_eq!(run.result("ro_marker"), "read-only-marker");
+    assert_eq!(
+        lab.l1_result("blk_img_ro_md5"),
+        lab.l1_result("blk_img_ro_expected_md5"),
+        "the read-only image is unchanged"
+    );
+    assert_eq!(run.result("mkfs_rc"), "0");
+    assert_eq!(run.result("fs_write_rc"), "0");
+    assert_eq!(
+        run.result("fs_readback"),
+        format!("splitvm-fs-check-{}", run.result("a_md5"))
+    );
+    assert_eq!(lab.l1_result("blk_img_fs_has_file"), "1");
+}
+
+#[test]
+fn nested_lab_splitvm_blk_ends_cleanly_on_sigterm() {
+    let lab = lab();
+    assert_eq!(lab.l1_result("blk_term_rc"), "0");
+    assert_eq!(lab.l1_result("blk_term_socket_left"), "no");
+}
+
+#[test]
+fn nested_lab_splitvm_with_qemu_storage_daemon() {
+    assert_raw_blk("qsd", "qsd");
 }

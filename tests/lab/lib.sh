@@ -12,6 +12,8 @@
 #       (needs run-l1.sh --with-qemu); splitvm's --cpus/--memory/--cmdline are
 #       translated, anything else goes to QEMU as is.
 #   l2_initrd NAME [FILE]   prints the path of an L2 initramfs with FILE as /scenario.sh
+#                           (and the static guest tools from /lab/tools in /bin)
+#   l1_result KEY VALUE     prints "L1-RESULT KEY=VALUE" (a level-1 check for the tests)
 #   lab_now                 wall clock in seconds with microseconds
 #
 # Every scenario's /scenario.sh runs in the L2 guest after its modules are
@@ -34,9 +36,17 @@ l2_initrd() {
 		cp "$2" "$_dir/overlay/scenario.sh"
 		chmod 755 "$_dir/overlay/scenario.sh"
 	fi
+	if [ -d /lab/tools ]; then
+		mkdir -p "$_dir/overlay/bin"
+		cp /lab/tools/* "$_dir/overlay/bin/"
+	fi
 	(cd "$_dir/overlay" && find . | cpio -o -H newc 2>/dev/null) >"$_dir/overlay.cpio"
 	cat "$L2_BASE_INITRD" "$_dir/overlay.cpio" >"$_dir/initrd.cpio"
 	echo "$_dir/initrd.cpio"
+}
+
+l1_result() {
+	echo "L1-RESULT $1=$2"
 }
 
 # _l2_parse NAME ARGS...: sets _scenario, _timeout; the rest after "--" is

@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 use crate::proc::ChildGuard;
 use crate::workspace_root;
 
+mod parse;
+pub use parse::{parse_lines, Parsed};
+
 /// How long the direct probe waits for the level-2 guest's first init line.
 pub const DIRECT_PROBE_LIMIT: Duration = Duration::from_secs(15);
 
@@ -155,6 +158,7 @@ pub struct LabRun {
     /// Every output line, as printed (with `[l1] `/`[l2:NAME] ` prefixes).
     pub lines: Vec<String>,
     l2: BTreeMap<String, L2Run>,
+    l1: BTreeMap<String, String>,
 }
 
 impl LabRun {
@@ -171,6 +175,18 @@ impl LabRun {
     /// All output, one line each.
     pub fn log(&self) -> String {
         self.lines.join("\n")
+    }
+
+    /// A level-1 result (`L1-RESULT key=value`); panics with the log if absent.
+    pub fn l1_result(&self, key: &str) -> &str {
+        match self.l1.get(key) {
+            Some(v) => v,
+            None => panic!(
+                "no level-1 result {key:?} (level-1 status {:?})\n--- lab log ---\n{}",
+                self.l1_status,
+                self.log()
+            ),
+        }
     }
 }
 
@@ -238,6 +254,9 @@ impl L2View<'_> {
 pub struct Lab {
     runs: Vec<L2>,
     with_qemu: bool,
+    with_qsd: bool,
+    /// Level-1 scenarios: directories under `tests/lab/scenarios/`, with limits.
+    scenarios: Vec<(String, Duration)>,
 }
 
 impl Lab {
@@ -260,6 +279,27 @@ impl Lab {
         self
     }
 
+    /// Adds a level-1 scenario: `tests/lab/scenarios/NAME/` is packed at
+    /// `/lab/scenarios/NAME/`, and its `l1.sh` runs in level 1 after the
+    /// plain level-2 runs (it starts backends, calls `run_l2`, checks
+    /// images, prints `L1-RESULT`). `limit` bounds the whole script.
+    pub fn scenario(mut self, name: &str, limit: Duration) -> Lab {
+        self.scenarios.push((name.to_string(), limit));
+        self
+    }
+
+    /// Packs QEMU into level 1 (for scenarios that run it themselves).
+    pub fn with_qemu(mut self) -> Lab {
+        self.with_qemu = true;
+        self
+    }
+
+    /// Packs qemu-storage-daemon into level 1.
+    pub fn with_qsd(mut self) -> Lab {
+        self.with_qsd = true;
+        self
+    }
+
     /// Runs the probe, then level 1 with every remaining scenario. Does not
     /// panic on guest failures: the returned [`LabRun`] says what happened.
     pub fn run(self) -> LabRun {
@@ -277,14 +317,19 @@ impl Lab {
         for run in &direct {
             run_direct(&bins, &assets, run, &mut lines);
         }
-        let (l1_status, l1_lines) = if nested.is_empty() {
+        let (l1_status, l1_lines) = if nested.is_empty() && self.scenarios.is_empty() {
             (None, Vec::new())
         } else {
-            let (st, l) = run_nested(&bins, &nested, self.with_qemu);
+            let packs = Packs {
+                qemu: self.with_qemu,
+                qsd: self.with_qsd,
+                scenarios: &self.scenarios,
+            };
+            let (st, l) = run_nested(&bins, &nested, &packs);
             (Some(st), l)
         };
         lines.extend(l1_lines);
-        let (l1_done, l2) = parse_lines(&lines);
+        let Parsed { l1_done, l2, l1 } = parse_lines(&lines);
         for (name, r) in &l2 {
             eprintln!(
                 "lab: {name}: init={} done_rc={:?} exit={:?} ms={:?} ({mode:?})",
@@ -297,6 +342,7 @@ impl Lab {
             l1_status,
             lines,
             l2,
+            l1,
         }
     }
 }
@@ -374,7 +420,30 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn run_nested(bins: &Path, runs: &[L2], with_qemu: bool) -> (i32, Vec<String>) {
+/// What besides the project's binaries goes into level 1.
+struct Packs<'a> {
+    qemu: bool,
+    qsd: bool,
+    scenarios: &'a [(String, Duration)],
+}
+
+/// Builds the static guest tools (tests/guest-tools) into the target dir.
+fn guest_tools() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let dir = target.join("lab-tools");
+    let script = workspace_root().join("scripts/build-guest-tools");
+    let st = Command::new(&script)
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(st.success(), "{} failed", script.display());
+    dir
+}
+
+fn run_nested(bins: &Path, runs: &[L2], packs: &Packs<'_>) -> (i32, Vec<String>) {
     let tmp = TempDir::new("lab");
     let mut script = String::from(". /lab/lib.sh\nrc=0\n");
     let mut cmd = Command::new(workspace_root().join("tests/lab/run-l1.sh"));
@@ -403,13 +472,31 @@ fn run_nested(bins: &Path, runs: &[L2], with_qemu: bool) -> (i32, Vec<String>) {
         script.push_str(&line);
         budget += run.limit + Duration::from_secs(10);
     }
+    if !packs.scenarios.is_empty() {
+        cmd.arg("--file")
+            .arg(format!("{}:/lab/tools", guest_tools().display()));
+    }
+    for (name, limit) in packs.scenarios {
+        let dir = workspace_root().join("tests/lab/scenarios").join(name);
+        cmd.arg("--file")
+            .arg(format!("{}:/lab/scenarios/{name}", dir.display()));
+        let _ = writeln!(
+            script,
+            "echo \"L1-SCENARIO-START {name}\"; timeout {} sh /lab/scenarios/{name}/l1.sh || rc=1; echo \"L1-SCENARIO-END {name}\"",
+            limit.as_secs()
+        );
+        budget += *limit;
+    }
     script.push_str("exit $rc\n");
     let script_path = tmp.0.join("run.sh");
     std::fs::write(&script_path, &script).expect("writing lab script");
     cmd.arg("--script").arg(&script_path);
     cmd.arg("--timeout").arg(budget.as_secs().to_string());
-    if with_qemu {
+    if packs.qemu {
         cmd.arg("--with-qemu");
+    }
+    if packs.qsd {
+        cmd.arg("--with-qsd");
     }
     cmd.process_group(0);
     let guard = ChildGuard::spawn("lab", cmd);
@@ -572,50 +659,6 @@ fn run_direct(bins: &Path, assets: &GuestAssets, run: &L2, lines: &mut Vec<Strin
     ));
 }
 
-/// Splits lab output into level-2 runs: `[l2:NAME] RESULT k=v`,
-/// `[l2:NAME] SPLITVM-L2-INIT`, `[l2:NAME] SPLITVM-L2-DONE rc=N`,
-/// `L2-EXIT name=NAME rc=N ms=T` and `SPLITVM-L1-DONE rc=N` (each possibly
-/// behind an `[l1] ` prefix).
-pub fn parse_lines(lines: &[String]) -> (Option<i32>, BTreeMap<String, L2Run>) {
-    let mut l1_done = None;
-    let mut runs: BTreeMap<String, L2Run> = BTreeMap::new();
-    for raw in lines {
-        let line = raw.strip_prefix("[l1] ").unwrap_or(raw);
-        if let Some(rc) = line.strip_prefix("SPLITVM-L1-DONE rc=") {
-            l1_done = rc.trim().parse().ok();
-        } else if let Some(rest) = line.strip_prefix("L2-EXIT ") {
-            let fields: BTreeMap<&str, &str> = rest
-                .split_whitespace()
-                .filter_map(|f| f.split_once('='))
-                .collect();
-            if let Some(name) = fields.get("name") {
-                let r = runs.entry(name.to_string()).or_default();
-                r.exit = fields.get("rc").and_then(|v| v.parse().ok());
-                r.millis = fields.get("ms").and_then(|v| v.parse().ok());
-            }
-        } else if let Some(rest) = line.strip_prefix("L2-START name=") {
-            let name = rest.split_whitespace().next().unwrap_or_default();
-            runs.entry(name.to_string()).or_default();
-        } else if let Some(rest) = line.strip_prefix("[l2:") {
-            let Some((name, text)) = rest.split_once("] ") else {
-                continue;
-            };
-            let r = runs.entry(name.to_string()).or_default();
-            r.lines.push(text.to_string());
-            if let Some(kv) = text.strip_prefix("RESULT ") {
-                if let Some((k, v)) = kv.split_once('=') {
-                    r.results.insert(k.to_string(), v.to_string());
-                }
-            } else if text.starts_with("SPLITVM-L2-INIT") {
-                r.init_seen = true;
-            } else if let Some(rc) = text.strip_prefix("SPLITVM-L2-DONE rc=") {
-                r.done_rc = rc.trim().parse().ok();
-            }
-        }
-    }
-    (l1_done, runs)
-}
-
 /// A directory removed on drop.
 struct TempDir(PathBuf);
 
@@ -641,36 +684,6 @@ impl Drop for TempDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parse_lines_splits_runs() {
-        let lines: Vec<String> = [
-            "[l1] L2-START name=a vmm=qemu t=1.0",
-            "[l1] [l2:a] SPLITVM-L2-INIT",
-            "[l1] [l2:a] RESULT nproc=2",
-            "[l1] [l2:a] RESULT cmdline=console=ttyS0 x=y",
-            "[l1] [l2:a] SPLITVM-L2-DONE rc=0",
-            "[l1] L2-EXIT name=a rc=0 ms=1234.5",
-            "[l1] [l2:b] RESULT nproc=1",
-            "[l1] L2-EXIT name=b rc=124 ms=9.0",
-            "[l1] SPLITVM-L1-DONE rc=1",
-        ]
-        .map(String::from)
-        .to_vec();
-        let (done, runs) = parse_lines(&lines);
-        assert_eq!(done, Some(1));
-        let a = &runs["a"];
-        assert!(a.init_seen);
-        assert_eq!(a.done_rc, Some(0));
-        assert_eq!(a.exit, Some(0));
-        assert_eq!(a.millis, Some(1234.5));
-        assert_eq!(a.results["nproc"], "2");
-        assert_eq!(a.results["cmdline"], "console=ttyS0 x=y");
-        let b = &runs["b"];
-        assert!(!b.init_seen);
-        assert_eq!(b.exit, Some(124));
-        assert_eq!(b.results["nproc"], "1");
-    }
 
     #[test]
     fn shell_quote_survives_quotes() {

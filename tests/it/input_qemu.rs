@@ -1,0 +1,202 @@
+//! splitvm-input under real frontends and a real Linux driver, in the
+//! nested lab (`tests/lab/scenarios/input/l1.sh`, one level-1 boot):
+//!
+//! - `input-evdev`: a uinput keyboard in level 1 passed through with
+//!   `--evdev --grab` to a splitvm guest; the device is unplugged and
+//!   plugged again between two batches of keys; the guest's caps-lock LED
+//!   reaches the uinput device.
+//! - `input-profile`: keyboard and touch profiles fed by `splitvm-input
+//!   send`, under splitvm.
+//! - `input-qemu`: the same two backends under QEMU as the frontend.
+//!
+//! QEMU runs inside the lab, not on the host: QEMU 7.2's `vhost-user-input`
+//! (and `-pci`) refuse to start without KVM ("vhost initialization failed:
+//! requires kvm", from `vhost_user_backend_dev_init`), and the host's KVM
+//! cannot run Linux. Each guest checks /sys/class/input (name, ids,
+//! capabilities) and prints the events its `evread` read.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use splitvm_tests::hostile::input::guest_tools;
+use splitvm_tests::lab::{bin_dir, parse_lines, GuestAssets, L2Run};
+use splitvm_tests::proc::ChildGuard;
+
+/// Kills the lab's process group (run-l1.sh and its QEMU) when dropped.
+struct KillGroup(i32);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group this test created; no memory
+        // is involved.
+        unsafe {
+            libc::kill(-self.0, libc::SIGKILL);
+        }
+    }
+}
+
+type Ev = (u16, u16, i32);
+
+fn events(run: &L2Run, tag: &str) -> Vec<Ev> {
+    run.lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(tag))
+        .filter_map(|r| {
+            let v: Vec<i64> = r
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            match v.as_slice() {
+                [t, c, x] => Some((*t as u16, *c as u16, *x as i32)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn taps(codes: &[u16]) -> Vec<Ev> {
+    codes
+        .iter()
+        .flat_map(|&c| [(1, c, 1), (0, 0, 0), (1, c, 0), (0, 0, 0)])
+        .collect()
+}
+
+/// `INPUT-L1 key=value` lines of level 1.
+fn l1_values(lines: &[String]) -> BTreeMap<String, String> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("[l1] INPUT-L1 "))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn check_profile_run(name: &str, run: &L2Run, all: &str) {
+    assert_eq!(run.exit, Some(0), "{name}: VMM exit\n{all}");
+    assert_eq!(run.done_rc, Some(0), "{name}: scenario\n{all}");
+    let r = |k: &str| {
+        run.results
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("{name}: no RESULT {k}\n{all}"))
+    };
+    assert_eq!(r("kbd_found"), "yes");
+    // EV_SYN, EV_KEY, EV_LED; num/caps/scroll lock LEDs.
+    assert_eq!(r("kbd_ev"), "20003");
+    assert_eq!(r("kbd_led"), "7");
+    assert_eq!(r("kbd_ids"), "0006:5356:0001");
+    // INPUT_PROP_DIRECT; ABS_X/Y, MT_SLOT, MT_POSITION_X/Y, MT_TRACKING_ID.
+    assert_eq!(r("touch_props"), "2");
+    assert_eq!(r("touch_abs"), "260800000000003");
+    assert_eq!(r("led_write"), "0");
+    assert_eq!(events(run, "KEYS1 "), taps(&[30, 48, 46]), "{name}: keys");
+    let t = events(run, "TOUCH ");
+    let pos = |e: Ev| {
+        t.iter()
+            .position(|x| *x == e)
+            .unwrap_or_else(|| panic!("{name}: touch event {e:?} missing: {t:?}"))
+    };
+    // Tracking id 0 at (100, 200), BTN_TOUCH, a move to x=150, lift.
+    assert!(pos((3, 0x39, 0)) < pos((3, 0x35, 100)));
+    assert!(pos((3, 0x36, 200)) < pos((1, 0x14a, 1)));
+    assert!(pos((1, 0x14a, 1)) < pos((3, 0x35, 150)));
+    assert!(pos((3, 0x35, 150)) < pos((3, 0x39, -1)));
+    assert!(pos((3, 0x39, -1)) < pos((1, 0x14a, 0)));
+}
+
+#[test]
+fn input_qemu_and_splitvm_guests_read_events_in_the_lab() {
+    let assets = GuestAssets::get();
+    let bins = bin_dir();
+    for b in ["splitvm", "splitvm-input"] {
+        assert!(
+            bins.join(b).exists(),
+            "{} missing: build with `cargo build --release --workspace --bins`",
+            bins.join(b).display()
+        );
+    }
+    let tools = guest_tools();
+    let root = splitvm_tests::workspace_root();
+    let scenarios: PathBuf = root.join("tests/lab/scenarios/input");
+    let evdev_ko = assets.dir.join("modules/kernel/drivers/input/evdev.ko");
+    let mut cmd = Command::new(root.join("tests/lab/run-l1.sh"));
+    cmd.arg("--bin-dir")
+        .arg(&bins)
+        .arg("--script")
+        .arg(scenarios.join("l1.sh"))
+        .arg("--file")
+        .arg(format!("{}:/lab/scenarios/input", scenarios.display()))
+        .arg("--file")
+        .arg(format!("{}:/lab/tools", tools.display()))
+        .arg("--file")
+        .arg(format!("{}:/lab/modules/evdev.ko", evdev_ko.display()))
+        .args(["--with-qemu", "--timeout", "1200"]);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let lab = ChildGuard::spawn("lab", cmd);
+    let _group = KillGroup(lab.pid() as i32);
+    let (st, lines) = lab.finish(Duration::from_secs(1500));
+    let all = lines.join("\n");
+    let splitvm_tests::lab::Parsed {
+        l1_done, l2: runs, ..
+    } = parse_lines(&lines);
+    let l1 = l1_values(&lines);
+    for l in lines.iter().filter(|l| l.contains("INPUT-LAT")) {
+        eprintln!("{l}");
+    }
+    assert_eq!(
+        l1_done,
+        Some(0),
+        "level-1 script status (run-l1.sh {st})\n{all}"
+    );
+
+    // Passthrough of a host device, unplugged and plugged again.
+    let ev = runs
+        .get("input-evdev")
+        .unwrap_or_else(|| panic!("no input-evdev run\n{all}"));
+    assert_eq!(ev.exit, Some(0), "input-evdev VMM exit\n{all}");
+    assert_eq!(ev.done_rc, Some(0), "input-evdev scenario\n{all}");
+    assert_eq!(ev.results.get("kbd_found").map(String::as_str), Some("yes"));
+    assert_eq!(
+        ev.results.get("kbd_ids").map(String::as_str),
+        Some("0006:5356:0010"),
+        "ids of the uinput device"
+    );
+    assert_eq!(events(ev, "KEYS1 "), taps(&[30, 48, 46]), "first batch");
+    assert_eq!(events(ev, "KEYS2 "), taps(&[32]), "after the replug");
+    assert_eq!(
+        l1.get("unplug_seen").map(String::as_str),
+        Some("yes"),
+        "{all}"
+    );
+    assert_eq!(
+        l1.get("replug_seen").map(String::as_str),
+        Some("yes"),
+        "{all}"
+    );
+    assert_eq!(
+        l1.get("evdev_led").map(String::as_str),
+        Some("1"),
+        "LED to uinput\n{all}"
+    );
+    assert_eq!(l1.get("evdev_backend_exit").map(String::as_str), Some("0"));
+
+    for name in ["input-profile", "input-qemu"] {
+        let run = runs
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} run\n{all}"));
+        check_profile_run(name, run, &all);
+        assert_eq!(
+            l1.get(&format!("{name}_led")).map(String::as_str),
+            Some("1"),
+            "{name}: LED reached the event-socket client\n{all}"
+        );
+    }
+    assert_eq!(l1.get("kbd_backend_exit").map(String::as_str), Some("0"));
+    assert_eq!(l1.get("touch_backend_exit").map(String::as_str), Some("0"));
+    assert!(
+        !l1.contains_key("sockets_left"),
+        "sockets removed at SIGTERM"
+    );
+}
