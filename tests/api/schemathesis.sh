@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Fuzzes the management API with schemathesis against docs/api.yaml and a
-# real `splitvm run --api-socket` (a micro-guest that spins, one splitvm-blk
+# real `splitvm run --api-socket` (a micro-guest that halts, one splitvm-blk
 # disk). Fails on any 5xx, any answer that breaks the spec, or a VMM that
 # is not alive afterwards. shutdown and kill are left out of the fuzzing and
 # called once at the end: the VMM must then exit with status 0.
 #
-# Env: SPLITVM, SPLITVM_BLK (binaries; default target/release, else
+# Env: ST_VENV (default target/schemathesis-venv, made on first use),
+# SPLITVM, SPLITVM_BLK (binaries; default target/release, else
 # target/debug), ST_MAX_EXAMPLES (per operation, default 20), ST_MAX_TIME
 # (seconds for the whole fuzzing run, default 35), ST_SEED (default fixed).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE="$ROOT/tests/api"
 ST_VERSION=4.32.5
-VENV="$ROOT/target/schemathesis-venv"
+VENV=${ST_VENV:-"$ROOT/target/schemathesis-venv"}
 MAX_EXAMPLES=${ST_MAX_EXAMPLES:-20}
 MAX_TIME=${ST_MAX_TIME:-35}
 SEED=${ST_SEED:-20261130}
