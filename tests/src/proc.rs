@@ -40,11 +40,15 @@ impl ChildGuard {
             let prefix = format!("[{name}:{tag}] ");
             thread::spawn(move || {
                 for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
-                    let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                    let line = String::from_utf8_lossy(&line)
+                        .trim_end_matches('\r')
+                        .to_string();
                     if std::env::var_os("SPLITVM_TEST_VERBOSE").is_some() {
                         eprintln!("{prefix}{line}");
                     }
-                    log.lock().expect("log lock").push(format!("{prefix}{line}"));
+                    log.lock()
+                        .expect("log lock")
+                        .push(format!("{prefix}{line}"));
                     let _ = tx.send(line);
                 }
             });
