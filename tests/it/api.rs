@@ -24,6 +24,8 @@ use spec::{Operations, Spec};
 /// A VMM as the API sees it: two devices (blk0, net0), state in a mutex.
 pub struct FakeVmm {
     state: Mutex<FakeState>,
+    /// A swap to a socket named `hang*` waits here while `hold_swaps`.
+    swap_gate: std::sync::Condvar,
 }
 
 struct FakeState {
@@ -33,6 +35,7 @@ struct FakeState {
     blk_socket: PathBuf,
     net_link: bool,
     pause_fails: bool,
+    hold_swaps: bool,
 }
 
 impl FakeVmm {
@@ -45,7 +48,9 @@ impl FakeVmm {
                 blk_socket: "/run/blk0.sock".into(),
                 net_link: true,
                 pause_fails: false,
+                hold_swaps: true,
             }),
+            swap_gate: std::sync::Condvar::new(),
         })
     }
     fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
@@ -116,6 +121,14 @@ impl VmmControl for FakeVmm {
         ]
     }
     fn swap(&self, device: &str, socket: &Path) -> Result<(), ApiError> {
+        if socket.to_string_lossy().contains("hang") {
+            let st = self.st();
+            let (_st, t) = self
+                .swap_gate
+                .wait_timeout_while(st, Duration::from_secs(30), |s| s.hold_swaps)
+                .unwrap();
+            assert!(!t.timed_out(), "the test never released the swap");
+        }
         if socket.to_string_lossy().contains("fail") {
             return Err(ApiError::Failed("backend did not negotiate".into()));
         }
@@ -642,6 +655,42 @@ fn api_connections_beyond_the_limit_get_503_and_slots_come_back() {
     drop(stalled);
     splitvm_tests::wait::wait_for("a free slot", Duration::from_secs(10), || {
         (call(p, "GET", "/vm", None).status == 200).then_some(())
+    });
+}
+
+/// A VMM operation that takes long holds only its own connection; the
+/// client gives up after its `--timeout` with a one-line error.
+#[test]
+fn api_slow_operation_does_not_stop_the_api_and_ctl_times_out() {
+    let s = server();
+    let hang = s._dir.path().join("hang.sock");
+    let _l = UnixListener::bind(&hang).unwrap();
+    let t = Instant::now();
+    let (code, out, err) = ctl(
+        &s.sock,
+        &[
+            "--timeout",
+            "1",
+            "swap",
+            "blk0",
+            "--socket",
+            hang.to_str().unwrap(),
+        ],
+    );
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "splitvm ctl: error: no answer from the API within 1s"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    // The swap still waits in the VMM; the API answers everything else.
+    let (code, out, err) = ctl(&s.sock, &["info"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("running"), "{out}");
+    s.fake.st().hold_swaps = false;
+    s.fake.swap_gate.notify_all();
+    splitvm_tests::wait::wait_for("the held swap to land", Duration::from_secs(10), || {
+        (s.fake.st().blk_socket == hang).then_some(())
     });
 }
 

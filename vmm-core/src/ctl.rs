@@ -17,8 +17,6 @@ use crate::api::{BackendState, DeviceInfo, Metrics, VmInfo, VmState};
 
 /// Largest answer the client reads.
 const MAX_RESPONSE: u64 = 16 << 20;
-/// How long one request may take (a swap waits for the new backend).
-const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Talk to a running splitvm through its API socket.
 #[derive(clap::Args, Debug, Clone)]
@@ -29,6 +27,9 @@ pub struct CtlArgs {
     /// Print the API's JSON (or Prometheus text) as it came.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait for an answer (a swap waits for the new backend).
+    #[arg(long, global = true, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -86,6 +87,8 @@ pub enum CtlError {
     },
     #[error("talking to the API: {0}")]
     Io(#[source] io::Error),
+    #[error("no answer from the API within {0:?}")]
+    Timeout(Duration),
     #[error("the API answered {status}: {message}")]
     Api { status: u16, message: String },
     #[error("bad answer from the API: {0}")]
@@ -120,13 +123,14 @@ pub fn request(
     method: &str,
     path: &str,
     body: Option<&[u8]>,
+    timeout: Duration,
 ) -> Result<Option<HttpResponse>, CtlError> {
     let mut s = UnixStream::connect(socket).map_err(|source| CtlError::Connect {
         path: socket.to_path_buf(),
         source,
     })?;
-    s.set_read_timeout(Some(TIMEOUT)).map_err(CtlError::Io)?;
-    s.set_write_timeout(Some(TIMEOUT)).map_err(CtlError::Io)?;
+    s.set_read_timeout(Some(timeout)).map_err(CtlError::Io)?;
+    s.set_write_timeout(Some(timeout)).map_err(CtlError::Io)?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     if let Some(b) = body {
         let _ = write!(
@@ -144,6 +148,14 @@ pub fn request(
         Ok(_) => {}
         // The VMM ended (kill) before or while answering.
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset && raw.is_empty() => return Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(CtlError::Timeout(timeout))
+        }
         Err(e) => return Err(CtlError::Io(e)),
     }
     if raw.is_empty() {
@@ -317,13 +329,14 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, CtlError> {
 /// Runs one `splitvm ctl` command; returns what to print on stdout.
 pub fn run(args: &CtlArgs) -> Result<String, CtlError> {
     let sock = args.api_socket.as_path();
+    let timeout = Duration::from_secs(args.timeout);
     let get = |path: &str| -> Result<HttpResponse, CtlError> {
-        request(sock, "GET", path, None)?
+        request(sock, "GET", path, None, timeout)?
             .ok_or_else(|| CtlError::BadResponse("the VMM closed the connection".into()))
             .and_then(check)
     };
     let put = |path: &str, body: Option<Vec<u8>>, ends_vmm: bool| -> Result<(), CtlError> {
-        match request(sock, "PUT", path, body.as_deref())? {
+        match request(sock, "PUT", path, body.as_deref(), timeout)? {
             Some(resp) => check(resp).map(|_| ()),
             // kill and shutdown may end the VMM before it answers.
             None if ends_vmm => Ok(()),
