@@ -9,5 +9,6 @@ mod boot_cli;
 mod frontend;
 mod input;
 mod nested_lab;
+mod net_cli;
 mod net_hostile;
 mod net_qemu;

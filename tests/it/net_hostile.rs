@@ -29,21 +29,22 @@ struct Fx {
 }
 
 fn fixture(setup: Setup) -> Fx {
+    fixture_with(setup, &[])
+}
+
+fn fixture_with(setup: Setup, extra: &[&str]) -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let ns = NetNs::new("h");
-    let (child, sock) = spawn_net(
-        dir.path(),
-        &ns,
-        "tap0",
-        &[
-            "--mac",
-            "52:54:00:aa:bb:cc",
-            "--mtu",
-            "1400",
-            "--queue-size",
-            "256",
-        ],
-    );
+    let mut args = vec![
+        "--mac",
+        "52:54:00:aa:bb:cc",
+        "--mtu",
+        "1400",
+        "--queue-size",
+        "256",
+    ];
+    args.extend_from_slice(extra);
+    let (child, sock) = spawn_net(dir.path(), &ns, "tap0", &args);
     wait_for("tap0 in the namespace", T, || {
         ns.has_link("tap0").then_some(())
     });
@@ -393,4 +394,49 @@ fn net_ctrl_queue_and_link_change() {
     f.wire.send(&frame).unwrap();
     let p = f.dev.recv_tagged(b"up-rx", T).expect("RX after link up");
     assert_eq!(p.frame, frame);
+}
+
+#[test]
+fn net_multiqueue_pairs_and_ctrl() {
+    let setup = Setup {
+        queues: 5,
+        ..NetDev::setup()
+    };
+    let mut f = fixture_with(setup, &["--queues", "2"]);
+    assert_eq!(f.dev.config().2, 2, "max_virtqueue_pairs");
+    assert_eq!(f.dev.ctrl_on(4, &[4, 0, 2, 0]), Some(0), "VQ_PAIRS_SET 2");
+    assert_eq!(
+        f.dev.ctrl_on(4, &[4, 0, 3, 0]),
+        Some(1),
+        "VQ_PAIRS_SET 3 of 2"
+    );
+    for (q, tag) in [(1, "mq-tx0"), (3, "mq-tx1")] {
+        let frame = test_frame(tag.as_bytes(), 100);
+        f.dev.tx_on(q, &plain_hdr(), &frame);
+        let got = f.wire.recv(T, |w| is_test_frame(w, tag.as_bytes()));
+        assert_eq!(got, Some(frame), "TX on queue {q}");
+    }
+    f.dev.post_rx_on(0, 64, 4096);
+    f.dev.post_rx_on(2, 64, 4096);
+    let n = 16;
+    for i in 0..n {
+        let mut fr = test_frame(format!("mq-rx-{i:02}").as_bytes(), 200);
+        fr[11] = i as u8; // distinct source MACs
+        f.wire.send(&fr).unwrap();
+    }
+    let mut per_queue = [0usize; 2];
+    let mut seen = std::collections::BTreeSet::new();
+    let all = poll_until(T, || {
+        for (k, q) in [0usize, 2].into_iter().enumerate() {
+            while let Some(p) = f.dev.recv_on(q, Duration::from_millis(10)) {
+                if is_test_frame(&p.frame, b"mq-rx-") {
+                    seen.insert(p.frame[14..22].to_vec());
+                    per_queue[k] += 1;
+                }
+            }
+        }
+        (seen.len() == n).then_some(())
+    });
+    eprintln!("RX frames per pair: {per_queue:?}");
+    assert!(all.is_some(), "{} of {n} RX frames arrived: {per_queue:?}", seen.len());
 }

@@ -273,7 +273,7 @@ pub struct NetDev {
     pub fe: HostileFrontend,
     next_desc: Vec<u16>,
     alloc: u64,
-    rx_bufs: HashMap<u16, u64>,
+    rx_bufs: HashMap<(usize, u16), u64>,
     req: Option<UnixStream>,
 }
 
@@ -329,32 +329,50 @@ impl NetDev {
 
     /// Submits `descs` on the TX queue and waits for its used entry.
     pub fn tx_raw(&mut self, descs: &[Desc]) -> (u32, u32) {
-        let head = self.write_raw(TXQ, descs);
-        self.fe.submit(TXQ, head);
-        let used = self.fe.wait_used(TXQ);
+        self.tx_raw_on(TXQ, descs)
+    }
+
+    /// Submits `descs` on TX queue `q` and waits for its used entry.
+    pub fn tx_raw_on(&mut self, q: usize, descs: &[Desc]) -> (u32, u32) {
+        let head = self.write_raw(q, descs);
+        self.fe.submit(q, head);
+        let used = self.fe.wait_used(q);
         assert_eq!(used.0, u32::from(head), "TX used id is the chain head");
         used
     }
 
     /// Sends `hdr` + `frame` in one descriptor.
     pub fn tx(&mut self, hdr: &[u8], frame: &[u8]) {
+        self.tx_on(TXQ, hdr, frame);
+    }
+
+    /// Sends `hdr` + `frame` in one descriptor on TX queue `q`.
+    pub fn tx_on(&mut self, q: usize, hdr: &[u8], frame: &[u8]) {
         let mut b = hdr.to_vec();
         b.extend_from_slice(frame);
         let at = self.buf(&b);
-        self.tx_raw(&[Desc {
-            addr: at,
-            len: b.len() as u32,
-            ..Desc::default()
-        }]);
+        self.tx_raw_on(
+            q,
+            &[Desc {
+                addr: at,
+                len: b.len() as u32,
+                ..Desc::default()
+            }],
+        );
     }
 
     /// Posts `n` RX buffers of `size` bytes each (one descriptor each).
     pub fn post_rx(&mut self, n: usize, size: u32) {
+        self.post_rx_on(RXQ, n, size);
+    }
+
+    /// Posts `n` RX buffers of `size` bytes on RX queue `q`.
+    pub fn post_rx_on(&mut self, q: usize, n: usize, size: u32) {
         let mut heads = Vec::new();
         for _ in 0..n {
             let at = self.alloc(u64::from(size));
             let head = self.write_raw(
-                RXQ,
+                q,
                 &[Desc {
                     addr: at,
                     len: size,
@@ -362,10 +380,10 @@ impl NetDev {
                     next: 0,
                 }],
             );
-            self.rx_bufs.insert(head, at);
+            self.rx_bufs.insert((q, head), at);
             heads.push(head);
         }
-        self.fe.submit_many(RXQ, &heads);
+        self.fe.submit_many(q, &heads);
     }
 
     /// Posts one raw RX chain (hostile shapes); returns its head.
@@ -383,10 +401,15 @@ impl NetDev {
     /// Waits for the next packet in buffers posted by [`post_rx`](Self::post_rx)
     /// (merged buffers are joined).
     pub fn recv(&mut self, limit: Duration) -> Option<RxPacket> {
-        let (id, len) = self.rx_used(limit)?;
+        self.recv_on(RXQ, limit)
+    }
+
+    /// [`recv`](Self::recv) on RX queue `q`.
+    pub fn recv_on(&mut self, q: usize, limit: Duration) -> Option<RxPacket> {
+        let (id, len) = self.fe.try_wait_used(q, limit)?;
         let at = *self
             .rx_bufs
-            .get(&(id as u16))
+            .get(&(q, id as u16))
             .expect("used id of a posted buffer");
         let mut data = self.fe.mem.read(at, len as usize);
         assert!(
@@ -395,8 +418,8 @@ impl NetDev {
         );
         let n = u16::from_le_bytes([data[10], data[11]]) as usize;
         for _ in 1..n {
-            let (id, len) = self.rx_used(limit).expect("next merged buffer");
-            let at = *self.rx_bufs.get(&(id as u16)).expect("posted buffer");
+            let (id, len) = self.fe.try_wait_used(q, limit).expect("next merged buffer");
+            let at = *self.rx_bufs.get(&(q, id as u16)).expect("posted buffer");
             data.extend(self.fe.mem.read(at, len as usize));
         }
         Some(RxPacket {
@@ -421,10 +444,15 @@ impl NetDev {
     /// Sends a control command; returns the ack byte (or `None` if the
     /// device left it untouched).
     pub fn ctrl(&mut self, out: &[u8]) -> Option<u8> {
+        self.ctrl_on(CTRLQ, out)
+    }
+
+    /// [`ctrl`](Self::ctrl) on control queue `q` (with `MQ`: `2 * pairs`).
+    pub fn ctrl_on(&mut self, q: usize, out: &[u8]) -> Option<u8> {
         let cmd = self.buf(out);
         let ack = self.buf(&[0xa5]);
         let head = self.write_raw(
-            CTRLQ,
+            q,
             &[
                 Desc {
                     addr: cmd,
@@ -439,8 +467,8 @@ impl NetDev {
                 },
             ],
         );
-        self.fe.submit(CTRLQ, head);
-        let (_, len) = self.fe.wait_used(CTRLQ);
+        self.fe.submit(q, head);
+        let (_, len) = self.fe.wait_used(q);
         (len == 1).then(|| self.fe.mem.read(ack, 1)[0])
     }
 
