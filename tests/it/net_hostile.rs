@@ -438,5 +438,50 @@ fn net_multiqueue_pairs_and_ctrl() {
         (seen.len() == n).then_some(())
     });
     eprintln!("RX frames per pair: {per_queue:?}");
-    assert!(all.is_some(), "{} of {n} RX frames arrived: {per_queue:?}", seen.len());
+    assert!(
+        all.is_some(),
+        "{} of {n} RX frames arrived: {per_queue:?}",
+        seen.len()
+    );
+}
+
+#[test]
+fn net_serves_the_next_frontend_after_a_disconnect() {
+    let mut f = fixture(NetDev::setup());
+    assert_tx_alive(&mut f, "first-frontend");
+    f.child.signal(libc::SIGUSR1);
+    // A new frontend (the old one's socket closes): link state and
+    // traffic carry over to it.
+    let sock = f._dir.path().join("net.sock");
+    let Fx {
+        _dir,
+        child,
+        dev,
+        wire,
+        _ns,
+    } = f;
+    drop(dev);
+    let mut f = Fx {
+        dev: NetDev::connect(&sock, NetDev::setup()),
+        _dir,
+        child,
+        wire,
+        _ns,
+    };
+    let d2 = &mut f.dev;
+    wait_for("link down seen by the second frontend", T, || {
+        (d2.config().1 == 0).then_some(())
+    });
+    f.child.signal(libc::SIGUSR2);
+    let d2 = &mut f.dev;
+    wait_for("link up", T, || (d2.config().1 == 1).then_some(()));
+    assert_tx_alive(&mut f, "second-frontend");
+    f.dev.post_rx(8, 4096);
+    let frame = test_frame(b"second-rx", 300);
+    f.wire.send(&frame).unwrap();
+    let p = f
+        .dev
+        .recv_tagged(b"second-rx", T)
+        .expect("RX on the second frontend");
+    assert_eq!(p.frame, frame);
 }
