@@ -22,6 +22,11 @@ pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::INFLIGHT_SHMFD
 }
 
+/// How long a backend may take to answer while connecting.
+const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long any later request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The most queues any device may have; bounds the frontend's index checks.
 const MAX_QUEUES: u64 = 64;
 
@@ -86,6 +91,20 @@ impl BackendConnection {
     /// Connects and negotiates: `SET_OWNER`, `GET_FEATURES`, protocol features.
     pub fn connect(path: &Path, limit: Duration) -> Result<BackendConnection, FrontendError> {
         let stream = connect_with_retry(path, limit)?;
+        // A backend that accepts but never answers must not hang the VMM:
+        // a short deadline while negotiating, a long one afterwards (a
+        // GET_VRING_BASE may wait for the backend to drain).
+        let timeouts = stream
+            .set_read_timeout(Some(NEGOTIATION_TIMEOUT))
+            .and_then(|_| stream.set_write_timeout(Some(NEGOTIATION_TIMEOUT)));
+        if let Err(source) = timeouts {
+            return Err(FrontendError::Connect {
+                path: path.display().to_string(),
+                waited: Duration::ZERO,
+                source,
+            });
+        }
+        let steady = stream.try_clone();
         let fe = Frontend::from_stream(stream, MAX_QUEUES);
         let mut conn = BackendConnection {
             path: path.to_path_buf(),
@@ -95,6 +114,10 @@ impl BackendConnection {
             queue_num: None,
         };
         conn.negotiate()?;
+        if let Ok(s) = steady {
+            let _ = s.set_read_timeout(Some(REQUEST_TIMEOUT));
+            let _ = s.set_write_timeout(Some(REQUEST_TIMEOUT));
+        }
         Ok(conn)
     }
 
