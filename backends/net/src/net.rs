@@ -444,6 +444,34 @@ mod tests {
         assert_eq!(parse_ctrl(&[4]), None);
     }
 
+    /// Random headers, lengths, feature sets and control bytes: every
+    /// answer is a value, never a panic (a poor man's fuzzer; `net.rs` is
+    /// also what a fuzz target would link).
+    #[test]
+    fn random_guest_input_never_panics() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200_000 {
+            let r = next();
+            let b = r.to_le_bytes();
+            let mut raw = [0u8; 12];
+            raw[..8].copy_from_slice(&b);
+            raw[8..].copy_from_slice(&next().to_le_bytes()[..4]);
+            let n = (r >> 40) as usize % 13;
+            if let Some(h) = VnetHdr::parse(&raw[..n]) {
+                let len = (next() % (MAX_FRAME as u64 + 100)) as usize;
+                let _ = check_tx(&h, len, next());
+            }
+            let _ = parse_ctrl(&raw[..n]);
+            let _ = tap_offloads(next());
+        }
+    }
+
     #[test]
     fn config_and_mac() {
         let m = parse_mac("52:54:00:12:34:56").unwrap();
