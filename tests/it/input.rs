@@ -474,3 +474,27 @@ fn input_send_latency_mode_times_led_round_trips() {
     let (st, _) = send.finish(T);
     assert!(st.success());
 }
+
+#[test]
+fn input_send_echo_mode_answers_leds_with_taps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, sock, events) = spawn_profile(dir.path(), "keyboard", &[]);
+    let mut dev = InputDev::connect(&sock);
+    wait_for("event socket", T, || events.exists().then_some(()));
+    let mut cmd = Command::new(splitvm_tests::bin_path("splitvm-input"));
+    cmd.args(["send", "--echo", "2", "--event-socket"])
+        .arg(&events)
+        .arg(r#"{"key":"KEY_B"}"#);
+    let mut send = splitvm_tests::proc::ChildGuard::spawn("send", cmd);
+    // The starting tap, then one tap per LED the "guest" sends.
+    dev.post_event_buffers(4);
+    assert_eq!(dev.events(4), tap(KEY_B));
+    for led in [1, 0] {
+        dev.post_event_buffers(4);
+        dev.status((EV_LED, 1, led));
+        assert_eq!(dev.events(4), tap(KEY_A));
+    }
+    send.wait_for_line("echoed 2", T);
+    let (st, _) = send.finish(T);
+    assert!(st.success());
+}

@@ -15,7 +15,6 @@
 //! cannot run Linux. Each guest checks /sys/class/input (name, ids,
 //! capabilities) and prints the events its `evread` read.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -60,16 +59,6 @@ fn taps(codes: &[u16]) -> Vec<Ev> {
     codes
         .iter()
         .flat_map(|&c| [(1, c, 1), (0, 0, 0), (1, c, 0), (0, 0, 0)])
-        .collect()
-}
-
-/// `INPUT-L1 key=value` lines of level 1.
-fn l1_values(lines: &[String]) -> BTreeMap<String, String> {
-    lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("[l1] INPUT-L1 "))
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
@@ -139,9 +128,12 @@ fn input_qemu_and_splitvm_guests_read_events_in_the_lab() {
     let (st, lines) = lab.finish(Duration::from_secs(1500));
     let all = lines.join("\n");
     let splitvm_tests::lab::Parsed {
-        l1_done, l2: runs, ..
+        l1_done,
+        l2: runs,
+        l1,
     } = parse_lines(&lines);
-    let l1 = l1_values(&lines);
+    // Level-1 results (`L1-RESULT input_KEY=VALUE`).
+    let l1 = |k: &str| l1.get(&format!("input_{k}")).map(String::as_str);
     for l in lines.iter().filter(|l| l.contains("INPUT-LAT")) {
         eprintln!("{l}");
     }
@@ -165,38 +157,34 @@ fn input_qemu_and_splitvm_guests_read_events_in_the_lab() {
     );
     assert_eq!(events(ev, "KEYS1 "), taps(&[30, 48, 46]), "first batch");
     assert_eq!(events(ev, "KEYS2 "), taps(&[32]), "after the replug");
-    assert_eq!(
-        l1.get("unplug_seen").map(String::as_str),
-        Some("yes"),
-        "{all}"
-    );
-    assert_eq!(
-        l1.get("replug_seen").map(String::as_str),
-        Some("yes"),
-        "{all}"
-    );
-    assert_eq!(
-        l1.get("evdev_led").map(String::as_str),
-        Some("1"),
-        "LED to uinput\n{all}"
-    );
-    assert_eq!(l1.get("evdev_backend_exit").map(String::as_str), Some("0"));
+    assert_eq!(l1("unplug_seen"), Some("yes"), "{all}");
+    assert_eq!(l1("replug_seen"), Some("yes"), "{all}");
+    assert_eq!(l1("evdev_led"), Some("1"), "LED to uinput\n{all}");
+    assert_eq!(l1("evdev_backend_exit"), Some("0"));
 
     for name in ["input-profile", "input-qemu"] {
         let run = runs
             .get(name)
             .unwrap_or_else(|| panic!("no {name} run\n{all}"));
         check_profile_run(name, run, &all);
+        let vmm = if name == "input-qemu" {
+            "qemu"
+        } else {
+            "splitvm"
+        };
+        // Measured, not asserted: round trips timed in the level-2 guest.
+        let lat = l1(&format!("{vmm}_latency")).unwrap_or_default();
+        assert!(
+            lat.starts_with("n="),
+            "{name}: latency measured: {lat:?}\n{all}"
+        );
         assert_eq!(
-            l1.get(&format!("{name}_led")).map(String::as_str),
+            l1(&format!("{vmm}_led")),
             Some("1"),
             "{name}: LED reached the event-socket client\n{all}"
         );
     }
-    assert_eq!(l1.get("kbd_backend_exit").map(String::as_str), Some("0"));
-    assert_eq!(l1.get("touch_backend_exit").map(String::as_str), Some("0"));
-    assert!(
-        !l1.contains_key("sockets_left"),
-        "sockets removed at SIGTERM"
-    );
+    assert_eq!(l1("kbd_backend_exit"), Some("0"));
+    assert_eq!(l1("touch_backend_exit"), Some("0"));
+    assert_eq!(l1("sockets_left"), Some("no"), "sockets removed at SIGTERM");
 }

@@ -31,7 +31,11 @@ pub struct SendArgs {
     /// Measure N round trips: tap `--latency-key`, wait for an LED line.
     #[arg(long, value_name = "N")]
     pub latency: Option<u32>,
-    /// Key tapped by `--latency`.
+    /// After the lines: answer each of the next N LED lines with a tap of
+    /// `--latency-key` (the other half of a guest-side `evread --ping-led N`).
+    #[arg(long, value_name = "N")]
+    pub echo: Option<u32>,
+    /// Key tapped by `--latency` and `--echo`.
     #[arg(long, value_name = "KEY", default_value = "KEY_A")]
     pub latency_key: String,
     /// JSON lines to send; without any, stdin is read line by line.
@@ -88,6 +92,10 @@ pub fn run(args: &SendArgs, out: &mut dyn Write) -> Result<(), SendError> {
         for l in &args.lines {
             writeln!(writer, "{l}")?;
         }
+    }
+    if let Some(n) = args.echo {
+        // LED lines may come back before any reply: answer from here on.
+        return echo(args, n, &mut writer, &mut reader, out, limit);
     }
     writeln!(writer, "{{\"ping\":\"{DONE}\"}}")?;
     let mut errors = 0;
@@ -147,6 +155,35 @@ fn read_line(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Answers `n` LED lines with key taps; each wait has the whole `limit`.
+/// Other lines are printed; an error line fails.
+fn echo(
+    args: &SendArgs,
+    n: u32,
+    w: &mut UnixStream,
+    r: &mut BufReader<UnixStream>,
+    out: &mut dyn Write,
+    limit: Duration,
+) -> Result<(), SendError> {
+    for _ in 0..n {
+        loop {
+            let Some(line) = read_line(r, Instant::now() + limit, limit)? else {
+                return Err(SendError::Closed);
+            };
+            if line.contains("EV_LED") {
+                break;
+            }
+            writeln!(out, "{line}")?;
+            if line.contains("\"error\"") {
+                return Err(SendError::Refused(1));
+            }
+        }
+        writeln!(w, "{{\"key\":\"{}\"}}", args.latency_key)?;
+    }
+    writeln!(out, "echoed {n}")?;
+    Ok(())
 }
 
 fn latency(

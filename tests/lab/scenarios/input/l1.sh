@@ -1,9 +1,19 @@
 # Level-1 half of the input scenarios (busybox ash; `. /lab/lib.sh` first).
 # Needs run-l1.sh --file for this directory at /lab/scenarios/input and the
-# static guest tools (scripts/build-guest-tools) at /lab/tools; QEMU runs
-# need --with-qemu. Each level-2 run prints "[l2:NAME] ..." lines; this
-# script adds "INPUT-L1 key=value" lines and "INPUT-LAT vmm=... n=...
-# median_us=... p99_us=..." (round trip: key tap in, LED back out).
+# static guest tools (scripts/build-guest-tools) at /lab/tools, and
+# (until the level-1 image loads it) the kernel's evdev.ko at
+# /lab/modules/evdev.ko, without which uinput devices get no /dev/input
+# node; QEMU runs need --with-qemu (QEMU 7.2's vhost-user-input needs KVM,
+# so it runs here, not on the host). tests/it/input_qemu.rs runs it:
+#   tests/lab/run-l1.sh --bin-dir target/release --script $S/l1.sh \
+#     --file $S:/lab/scenarios/input --file GUEST_TOOLS_DIR:/lab/tools \
+#     --file $CACHE/modules/kernel/drivers/input/evdev.ko:/lab/modules/evdev.ko \
+#     --with-qemu
+# Each level-2 run prints "[l2:NAME] ..." lines; this
+# script adds "L1-RESULT input_key=value" lines and "INPUT-LAT vmm=... PING-RTT
+# n=... median_us=... p99_us=..." (round trips timed in the level-2 guest:
+# LED out through the statusq to an event-socket client in level 1, which
+# answers with a key tap through the eventq).
 #
 #   input-evdev   a uinput keyboard/mouse/tablet passed through with --evdev
 #                 --grab; unplugged and plugged again between two batches
@@ -19,14 +29,19 @@ mkdir -p "$D"
 export PATH="$TOOLS:$PATH"
 rc=0
 # uinput needs evdev for its /dev/input node; the level-1 image may lack it.
-[ -d /sys/module/evdev ] || insmod /lab/modules/evdev.ko || echo "INPUT-L1 evdev_module=missing"
+if [ ! -d /sys/module/evdev ]; then
+	insmod /lab/modules/evdev.ko 2>/dev/null || l1_result input_evdev_module missing
+fi
 
-say() { echo "INPUT-L1 $*"; }
+# say KEY=VALUE: a level-1 result ("L1-RESULT input_KEY=VALUE").
+say() { l1_result "input_${1%%=*}" "${1#*=}"; }
 
 # wait_count FILE PATTERN N SECS: until FILE holds N lines matching PATTERN.
 wait_count() {
 	_end=$(($(date +%s) + $4))
-	while [ "$(grep -c "$2" "$1" 2>/dev/null)" -lt "$3" ]; do
+	while :; do
+		_n=$(grep -c "$2" "$1" 2>/dev/null)
+		[ "${_n:-0}" -ge "$3" ] && return 0
 		[ "$(date +%s)" -ge "$_end" ] && return 1
 		sleep 0.05
 	done
@@ -41,17 +56,14 @@ wait_path() {
 	done
 }
 
-# scenario OUT SETTINGS...: l2.sh with settings in front and evread behind.
+# scenario OUT SETTINGS...: l2.sh with settings in front.
 scenario() {
 	_out=$1
 	shift
 	{
 		for s in "$@"; do echo "$s"; done
-		echo "EVREAD_SIZE=$(wc -c <"$TOOLS/evread")"
 		cat "$S/l2.sh"
-		echo 'exit $?'
 	} >"$_out"
-	cat "$TOOLS/evread" >>"$_out"
 }
 
 # taps FIFO CODE...: key taps into a uinput-dev.
@@ -136,20 +148,17 @@ profile_run() {
 			'{"touch":[{"slot":0,"x":150,"y":250}]}' \
 			'{"touch":[{"slot":0,"up":true}]}'
 		wait_count "$_log" EVREAD-READY 3 60 || exit 1
-		splitvm-input send --event-socket "$D/kbd.ev" --latency "$LAT" --timeout 10 \
-			>"$D/$_name.lat" 2>&1
-		if grep -q '^latency' "$D/$_name.lat"; then
-			echo "INPUT-LAT vmm=$_vmm $(grep '^latency' "$D/$_name.lat")"
-		else
-			echo "INPUT-LAT vmm=$_vmm failed: $(tail -3 "$D/$_name.lat")"
-		fi
+		splitvm-input send --event-socket "$D/kbd.ev" --echo "$LAT" --timeout 30 \
+			'{"key":"KEY_A"}' >"$D/$_name.echo" 2>&1 || tail -3 "$D/$_name.echo"
 	) &
 	_feed=$!
 	"$@" | tee "$_log"
 	grep -q "L2-EXIT name=$_name rc=0" "$_log" || rc=1
+	echo "INPUT-LAT vmm=$_vmm $(grep -o 'PING-RTT.*' "$_log")"
 	wait "$_feed"
 	kill "$_led" 2>/dev/null
-	say "${_name}_led=$(grep -c LED_CAPSL "$D/$_name.led")"
+	say "${_vmm}_led=$(grep -c LED_CAPSL "$D/$_name.led")"
+	say "${_vmm}_latency=$(grep -o 'PING-RTT.*' "$_log" | sed 's/^PING-RTT //; s/ /,/g')"
 }
 
 profile_run input-profile splitvm \
@@ -171,5 +180,5 @@ say "kbd_backend_exit=$?"
 wait "$TB"
 say "touch_backend_exit=$?"
 sed 's/^/[kbd-backend] /' "$D/kbd.log"
-[ -e "$D/kbd.sock" ] || [ -e "$D/kbd.ev" ] && say "sockets_left=yes"
+if [ -e "$D/kbd.sock" ] || [ -e "$D/kbd.ev" ]; then say "sockets_left=yes"; else say "sockets_left=no"; fi
 exit $rc

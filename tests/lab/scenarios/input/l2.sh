@@ -1,17 +1,16 @@
 # Level-2 guest half of the input scenarios (busybox ash, run as
-# /scenario.sh). l1.sh prepends the settings and appends the static evread
-# binary after the final `exit`:
+# /scenario.sh; evread comes from the guest tools the lab puts in /bin).
+# l1.sh prepends the settings:
 #   KBD=NAME      input device to find in /sys/class/input (required)
 #   MODE=evdev    also read a second batch of keys (after the host device
 #                 was unplugged and plugged again)
 #   TOUCH=NAME    a touch screen to check and read
-#   LAT=N         then answer N key taps with LED toggles (latency)
-#   EVREAD_SIZE   bytes of the appended evread binary
+#   LAT=N         then time N round trips: LED out, key tap back (latency)
 # Prints RESULT lines, the events read as "KEYS1 t c v" / "KEYS2" / "TOUCH",
 # and "EVREAD-READY" (from evread, on the console) whenever l1.sh may inject.
 
-tail -c "$EVREAD_SIZE" /scenario.sh >/evread && chmod 755 /evread || {
-	echo "RESULT evread_unpacked=no"
+command -v evread >/dev/null || {
+	echo "RESULT evread_found=no"
 	exit 1
 }
 sysdir() {
@@ -33,13 +32,13 @@ echo "RESULT kbd_ev=$(cat "$K/capabilities/ev")"
 echo "RESULT kbd_led=$(cat "$K/capabilities/led")"
 echo "RESULT kbd_ids=$(cat "$K/id/bustype"):$(cat "$K/id/vendor"):$(cat "$K/id/product")"
 rc=0
-/evread --name "$KBD" --led 1=1 -n 0 --timeout 10
+evread --name "$KBD" --led 1=1 -n 0 --timeout 10
 echo "RESULT led_write=$?"
-/evread --name "$KBD" --ready -n 12 --timeout 90 >/tmp/k1 || rc=1
+evread --name "$KBD" --ready -n 12 --timeout 90 >/tmp/k1 || rc=1
 echo "RESULT keys1=$(wc -l </tmp/k1)"
 sed 's/^/KEYS1 /' /tmp/k1
 if [ "$MODE" = evdev ]; then
-	/evread --name "$KBD" --ready -n 4 --timeout 90 >/tmp/k2 || rc=1
+	evread --name "$KBD" --ready -n 4 --timeout 90 >/tmp/k2 || rc=1
 	echo "RESULT keys2=$(wc -l </tmp/k2)"
 	sed 's/^/KEYS2 /' /tmp/k2
 fi
@@ -47,14 +46,16 @@ if [ -n "$TOUCH" ]; then
 	T=$(sysdir "$TOUCH")
 	echo "RESULT touch_props=$(cat "$T/properties")"
 	echo "RESULT touch_abs=$(cat "$T/capabilities/abs")"
-	/evread --name "$TOUCH" --ready --until 1:330:0 --timeout 90 >/tmp/t || rc=1
+	evread --name "$TOUCH" --ready --until 1:330:0 --timeout 90 >/tmp/t || rc=1
 	echo "RESULT touch_events=$(wc -l </tmp/t)"
 	sed 's/^/TOUCH /' /tmp/t
 fi
 if [ "${LAT:-0}" -gt 0 ]; then
-	# The LED must change for the kernel to pass it on: start from off.
-	/evread --name "$KBD" --led 1=0 -n 0 --timeout 10
-	/evread --name "$KBD" --ready --echo-led --no-syn -n $((LAT * 2)) --timeout 120 >/dev/null || rc=1
-	echo "RESULT latency_taps=$LAT"
+	# Round trips timed here (kvm-clock): LED out, key tap back. The host
+	# side starts with one tap once it listens.
+	evread --name "$KBD" --led 1=0 -n 0 --timeout 10
+	evread --name "$KBD" --ready --ping-led "$LAT" --timeout 120 >/tmp/ping || rc=1
+	cat /tmp/ping
+	echo "RESULT latency=$(sed 's/^PING-RTT //; s/ /,/g' /tmp/ping)"
 fi
 exit $rc
