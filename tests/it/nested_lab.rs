@@ -57,6 +57,10 @@ fn lab() -> &'static LabRun {
                 .scenario("blk", Duration::from_secs(900))
                 // kill -9 splitvm-blk again and again under a dd workload.
                 .scenario("restart", Duration::from_secs(600))
+                // move the disk between backends through the API, under load.
+                .scenario("swap", Duration::from_secs(600))
+                // splitvm-net on a level-1 tap: ping, ARP, TCP both ways, link.
+                .scenario("net", Duration::from_secs(600))
                 .with_qsd()
                 .run()
         })
@@ -222,7 +226,10 @@ fn nested_lab_blk_survives_repeated_kill_9() {
     let run = lab.l2("restart");
     run.assert_ok();
     let kills: u32 = lab.l1_result("restart_kills").parse().unwrap();
-    assert!(kills >= 50, "only {kills} kills happened during the workload");
+    assert!(
+        kills >= 50,
+        "only {kills} kills happened during the workload"
+    );
     assert_ne!(run.result("rounds"), "0");
     assert_eq!(run.result("mismatches"), "0");
     assert_eq!(run.result("failed_writes"), "0");
@@ -239,4 +246,64 @@ fn nested_lab_blk_survives_repeated_kill_9() {
         run.result("rounds"),
         lab.l1_result("restart_resubmitted")
     );
+}
+
+/// Swap through the API while the guest writes: A -> B, a refused swap to a
+/// socket nobody serves, B -> A. The guest sees no error, the backend pid
+/// the API reports follows, and the image holds the guest's data.
+#[test]
+fn nested_lab_blk_swap_between_backends_under_load() {
+    let lab = lab();
+    let run = lab.l2("swap");
+    run.assert_ok();
+    let (a, b) = (lab.l1_result("swap_a_pid"), lab.l1_result("swap_b_pid"));
+    assert_eq!(lab.l1_result("swap_pid_before"), a);
+    assert_eq!(lab.l1_result("swap_to_b_rc"), "0");
+    assert_eq!(lab.l1_result("swap_pid_after_b"), b);
+    assert_ne!(
+        lab.l1_result("swap_to_nowhere_rc"),
+        "0",
+        "swap to nowhere must fail"
+    );
+    assert_eq!(
+        lab.l1_result("swap_pid_after_nowhere"),
+        b,
+        "a failed swap changes nothing"
+    );
+    assert_eq!(lab.l1_result("swap_back_to_a_rc"), "0");
+    assert_eq!(lab.l1_result("swap_pid_after_a"), a);
+    assert_eq!(lab.l1_result("swap_b_saw_disconnect"), "1");
+    assert_eq!(lab.l1_result("swap_b_term_rc"), "0");
+    assert_eq!(run.result("mismatches"), "0");
+    assert_eq!(run.result("failed_writes"), "0");
+    assert_eq!(run.result("io_errors"), "0");
+    for s in 0..4 {
+        assert_eq!(
+            lab.l1_result(&format!("swap_img_stream{s}_md5")),
+            run.result(&format!("stream{s}_md5")),
+            "stream {s} in the image"
+        );
+    }
+}
+
+/// splitvm + splitvm-net + Linux's virtio_net: MAC and MTU from the
+/// backend, ping and ARP to a level-1 address, 4 MiB each way over TCP with
+/// matching checksums, and link down/up seen as carrier changes.
+#[test]
+fn nested_lab_splitvm_net() {
+    let lab = lab();
+    let run = lab.l2("net");
+    run.assert_ok();
+    assert_eq!(run.result("net_mac"), "52:54:00:12:34:58");
+    assert_eq!(run.result("net_mtu"), "1400");
+    assert_eq!(run.result("net_carrier"), "1");
+    assert_eq!(run.result("net_ping"), "ok");
+    assert_eq!(run.result("net_arp"), lab.l1_result("net_tap_mac"), "ARP resolved");
+    assert_eq!(run.result("net_rx_md5"), lab.l1_result("net_pat_md5"), "level 1 -> guest");
+    assert_eq!(run.result("net_tx_md5"), lab.l1_result("net_rx_md5"), "guest -> level 1");
+    assert_eq!(lab.l1_result("net_rx_bytes"), (4u64 << 20).to_string());
+    assert_eq!(run.result("net_link_down_seen"), "yes");
+    assert_eq!(run.result("net_link_up_seen"), "yes");
+    assert_eq!(run.result("net_ping_after_up"), "ok");
+    assert_eq!(lab.l1_result("net_term_rc"), "0");
 }
