@@ -19,8 +19,10 @@
 # Every scenario's /scenario.sh runs in the L2 guest after its modules are
 # loaded; lines it prints as "RESULT key=value" are collected by the tests.
 
-L2_KERNEL=/l2/vmlinux
-L2_BASE_INITRD=/l2/initramfs.cpio
+L2_KERNEL=${L2_KERNEL:-/l2/vmlinux}
+L2_BASE_INITRD=${L2_BASE_INITRD:-/l2/initramfs.cpio}
+LAB_TOOLS=${LAB_TOOLS:-/lab/tools}
+L2_WORK=${L2_WORK:-/tmp/l2}
 L2_TIMEOUT=${L2_TIMEOUT:-300}
 
 lab_now() {
@@ -29,16 +31,16 @@ lab_now() {
 
 # l2_initrd NAME [SCENARIO]: the L2 base initramfs with an appended overlay.
 l2_initrd() {
-	_dir=/tmp/l2/$1
+	_dir=$L2_WORK/$1
 	rm -rf "$_dir"
 	mkdir -p "$_dir/overlay"
 	if [ -n "$2" ]; then
 		cp "$2" "$_dir/overlay/scenario.sh"
 		chmod 755 "$_dir/overlay/scenario.sh"
 	fi
-	if [ -d /lab/tools ]; then
+	if [ -d "$LAB_TOOLS" ]; then
 		mkdir -p "$_dir/overlay/bin"
-		cp /lab/tools/* "$_dir/overlay/bin/"
+		cp "$LAB_TOOLS"/* "$_dir/overlay/bin/"
 	fi
 	(cd "$_dir/overlay" && find . | cpio -o -H newc 2>/dev/null) >"$_dir/overlay.cpio"
 	cat "$L2_BASE_INITRD" "$_dir/overlay.cpio" >"$_dir/initrd.cpio"
@@ -78,7 +80,7 @@ _l2_run() {
 		esac
 	done
 	_initrd=$(l2_initrd "$_name" "$_scenario")
-	_rcfile=/tmp/l2/$_name/rc
+	_rcfile=$L2_WORK/$_name/rc
 	_t0=$(lab_now)
 	echo "L2-START name=$_name vmm=$_vmm t=$_t0"
 	if [ "$_vmm" = splitvm ]; then
