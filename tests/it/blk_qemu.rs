@@ -5,13 +5,13 @@
 //! After QEMU exits the test checks the images hold what the guest wrote.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use splitvm_tests::hostile::blk::spawn_blk;
 use splitvm_tests::proc::ChildGuard;
+use splitvm_tests::qemu::{boot, cpio, guest_assets, microvm, results};
 use splitvm_tests::wait::wait_for;
 
 const MIB: u64 = 1 << 20;
@@ -21,59 +21,6 @@ fn pattern() -> Vec<u8> {
     (0..PAT_LEN as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect()
-}
-
-/// Runs `scripts/guest-assets` (idempotent, cached) and returns its directory.
-pub(crate) fn guest_assets() -> PathBuf {
-    let script = splitvm_tests::workspace_root().join("scripts/guest-assets");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/guest-assets");
-    assert!(out.status.success(), "scripts/guest-assets failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-/// Host TSC frequency in kHz (microvm under TCG needs `tsc_early_khz`).
-pub(crate) fn tsc_khz() -> u64 {
-    if let Ok(v) = std::env::var("SPLITVM_TSC_KHZ") {
-        return v.parse().expect("SPLITVM_TSC_KHZ is a number");
-    }
-    let info = fs::read_to_string("/proc/cpuinfo").unwrap();
-    let mhz: f64 = info
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))
-        .and_then(|l| l.split(':').nth(1))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("cpu MHz in /proc/cpuinfo");
-    (mhz * 1000.0).round() as u64
-}
-
-/// An uncompressed newc cpio holding `files` (name, mode, bytes) at `/`.
-pub(crate) fn cpio(dir: &Path, files: &[(&str, &[u8])]) -> Vec<u8> {
-    let stage = dir.join("overlay");
-    fs::create_dir_all(&stage).unwrap();
-    for (name, bytes) in files {
-        fs::write(stage.join(name), bytes).unwrap();
-    }
-    let mut child = Command::new("cpio")
-        .args(["--quiet", "-o", "-H", "newc", "-R", "0:0"])
-        .current_dir(&stage)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("cpio (package cpio)");
-    let names: String = files.iter().map(|(n, _)| format!("{n}\n")).collect();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(names.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "cpio failed");
-    out.stdout
 }
 
 const SCENARIO: &str = r#"
@@ -121,19 +68,6 @@ head -c 4096 /pat.bin > /tmp/e4k
 echo "RESULT ro_read=$(ok cmp -s /tmp/ro /tmp/e4k)"
 sync
 "#;
-
-pub(crate) fn results(lines: &[String]) -> Vec<(String, String)> {
-    lines
-        .iter()
-        .filter_map(|l| l.split_once("RESULT "))
-        .flat_map(|(_, kv)| {
-            kv.split_whitespace()
-                .filter_map(|p| p.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
 
 fn image(dir: &Path, name: &str, size: u64, fill: Option<&[u8]>) -> PathBuf {
     let p = dir.join(name);
@@ -190,40 +124,14 @@ fn blk_qemu_linux_guest_reads_writes_and_mkfs() {
     let initrd_path = dir.path().join("initrd.cpio");
     fs::write(&initrd_path, initrd).unwrap();
 
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
-    ])
-    .args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ])
-    .args([
-        "-serial",
-        "stdio",
-        "-global",
-        "virtio-mmio.force-legacy=false",
-    ])
-    .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
-    .args(["-machine", "memory-backend=mem"]);
+    let mut cmd = microvm(&[]);
     for (i, sock) in chardevs.iter().enumerate() {
         cmd.arg("-chardev")
             .arg(format!("socket,id=c{i},path={}", sock.display()))
             .arg("-device")
             .arg(format!("vhost-user-blk,chardev=c{i}"));
     }
-    cmd.arg("-kernel")
-        .arg(assets.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(&initrd_path)
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 tsc_early_khz={} panic=-1 reboot=t quiet",
-            tsc_khz()
-        ));
+    boot(&mut cmd, &assets, &initrd_path);
     let mut qemu = ChildGuard::spawn("qemu", cmd);
     let done = qemu.wait_for_line("SPLITVM-L2-DONE", Duration::from_secs(240));
     let st = qemu.wait_exit(Duration::from_secs(60));

@@ -16,7 +16,7 @@ use splitvm_tests::hostile::inflight::Region;
 use splitvm_tests::proc::ChildGuard;
 use splitvm_tests::wait::wait_for;
 
-use crate::blk_qemu::{cpio, guest_assets, results, tsc_khz};
+use splitvm_tests::qemu::{boot, cpio, guest_assets, microvm, results};
 
 const MIB: usize = 1 << 20;
 /// Pattern written by the guest.
@@ -195,36 +195,10 @@ fn freeze(child: &ChildGuard) {
 }
 
 fn qemu_cmd(assets: &Path, initrd: &Path, sock: &Path) -> Command {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
-    ])
-    .args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ])
-    .args([
-        "-serial",
-        "stdio",
-        "-global",
-        "virtio-mmio.force-legacy=false",
-    ])
-    .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
-    .args(["-machine", "memory-backend=mem"])
-    .arg("-chardev")
-    .arg(format!("socket,id=c0,path={},reconnect=1", sock.display()))
-    .args(["-device", "vhost-user-blk,chardev=c0,num-queues=1"])
-    .arg("-kernel")
-    .arg(assets.join("vmlinuz"))
-    .arg("-initrd")
-    .arg(initrd)
-    .arg("-append")
-    .arg(format!(
-        "console=ttyS0 tsc_early_khz={} panic=-1 reboot=t quiet",
-        tsc_khz()
-    ));
+    let mut cmd = microvm(&[]);
+    cmd.arg("-chardev")
+        .arg(format!("socket,id=c0,path={},reconnect=1", sock.display()))
+        .args(["-device", "vhost-user-blk,chardev=c0,num-queues=1"]);
+    boot(&mut cmd, assets, initrd);
     cmd
 }

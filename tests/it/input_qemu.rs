@@ -15,26 +15,7 @@
 //! cannot run Linux. Each guest checks /sys/class/input (name, ids,
 //! capabilities) and prints the events its `evread` read.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
-
-use splitvm_tests::hostile::input::guest_tools;
-use splitvm_tests::lab::{bin_dir, parse_lines, GuestAssets, L2Run};
-use splitvm_tests::proc::ChildGuard;
-
-/// Kills the lab's process group (run-l1.sh and its QEMU) when dropped.
-struct KillGroup(i32);
-
-impl Drop for KillGroup {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group this test created; no memory
-        // is involved.
-        unsafe {
-            libc::kill(-self.0, libc::SIGKILL);
-        }
-    }
-}
+use splitvm_tests::lab::L2Run;
 
 type Ev = (u16, u16, i32);
 
@@ -102,56 +83,22 @@ fn check_profile_run(name: &str, run: &L2Run, all: &str) {
 
 #[test]
 fn input_qemu_and_splitvm_guests_read_events_in_the_lab() {
-    let assets = GuestAssets::get();
-    let bins = bin_dir();
-    for b in ["splitvm", "splitvm-input"] {
-        assert!(
-            bins.join(b).exists(),
-            "{} missing: build with `cargo build --release --workspace --bins`",
-            bins.join(b).display()
-        );
-    }
-    let tools = guest_tools();
-    let root = splitvm_tests::workspace_root();
-    let scenarios: PathBuf = root.join("tests/lab/scenarios/input");
-    let evdev_ko = assets.dir.join("modules/kernel/drivers/input/evdev.ko");
-    let mut cmd = Command::new(root.join("tests/lab/run-l1.sh"));
-    cmd.arg("--bin-dir")
-        .arg(&bins)
-        .arg("--script")
-        .arg(scenarios.join("l1.sh"))
-        .arg("--file")
-        .arg(format!("{}:/lab/scenarios/input", scenarios.display()))
-        .arg("--file")
-        .arg(format!("{}:/lab/tools", tools.display()))
-        .arg("--file")
-        .arg(format!("{}:/lab/modules/evdev.ko", evdev_ko.display()))
-        .args(["--with-qemu", "--timeout", "1200"]);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let lab = ChildGuard::spawn("lab", cmd);
-    let _group = KillGroup(lab.pid() as i32);
-    let (st, lines) = lab.finish(Duration::from_secs(1500));
-    let all = lines.join("\n");
-    let splitvm_tests::lab::Parsed {
-        l1_done,
-        l2: runs,
-        l1,
-    } = parse_lines(&lines);
+    let lab = crate::nested_lab::lab();
+    let all = lab.log();
     // Level-1 results (`L1-RESULT input_KEY=VALUE`).
-    let l1 = |k: &str| l1.get(&format!("input_{k}")).map(String::as_str);
-    for l in lines.iter().filter(|l| l.contains("INPUT-LAT")) {
+    let l1 = |k: &str| lab.l1_get(&format!("input_{k}"));
+    for l in lab.lines.iter().filter(|l| l.contains("INPUT-LAT")) {
         eprintln!("{l}");
     }
     assert_eq!(
-        l1_done,
-        Some(0),
-        "level-1 script status (run-l1.sh {st})\n{all}"
+        lab.l1_get("scenario_input_rc"),
+        Some("0"),
+        "input scenario in level 1\n{all}"
     );
+    let runs = |name: &str| lab.l2_run(name);
 
     // Passthrough of a host device, unplugged and plugged again.
-    let ev = runs
-        .get("input-evdev")
-        .unwrap_or_else(|| panic!("no input-evdev run\n{all}"));
+    let ev = runs("input-evdev").unwrap_or_else(|| panic!("no input-evdev run\n{all}"));
     assert_eq!(ev.exit, Some(0), "input-evdev VMM exit\n{all}");
     assert_eq!(ev.done_rc, Some(0), "input-evdev scenario\n{all}");
     assert_eq!(ev.results.get("kbd_found").map(String::as_str), Some("yes"));
@@ -168,9 +115,7 @@ fn input_qemu_and_splitvm_guests_read_events_in_the_lab() {
     assert_eq!(l1("evdev_backend_exit"), Some("0"));
 
     for name in ["input-profile", "input-qemu"] {
-        let run = runs
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} run\n{all}"));
+        let run = runs(name).unwrap_or_else(|| panic!("no {name} run\n{all}"));
         check_profile_run(name, run, &all);
         let vmm = if name == "input-qemu" {
             "qemu"

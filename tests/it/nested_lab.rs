@@ -40,7 +40,8 @@ fn memtotal_range(size_mib: u64) -> std::ops::RangeInclusive<u64> {
     (size_mib - 64) * 1024..=size_mib * 1024
 }
 
-fn lab() -> &'static LabRun {
+/// The one level-1 run every nested-lab test shares (input_qemu.rs too).
+pub(crate) fn lab() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
     let run = RUN.get_or_init(|| {
         std::panic::catch_unwind(|| {
@@ -61,6 +62,8 @@ fn lab() -> &'static LabRun {
                 .scenario("swap", Duration::from_secs(600))
                 // splitvm-net on a level-1 tap: ping, ARP, TCP both ways, link.
                 .scenario("net", Duration::from_secs(600))
+                // splitvm-input: evdev passthrough, profiles; QEMU as frontend.
+                .scenario("input", Duration::from_secs(1200))
                 .with_qsd()
                 .run()
         })
@@ -298,9 +301,21 @@ fn nested_lab_splitvm_net() {
     assert_eq!(run.result("net_mtu"), "1400");
     assert_eq!(run.result("net_carrier"), "1");
     assert_eq!(run.result("net_ping"), "ok");
-    assert_eq!(run.result("net_arp"), lab.l1_result("net_tap_mac"), "ARP resolved");
-    assert_eq!(run.result("net_rx_md5"), lab.l1_result("net_pat_md5"), "level 1 -> guest");
-    assert_eq!(run.result("net_tx_md5"), lab.l1_result("net_rx_md5"), "guest -> level 1");
+    assert_eq!(
+        run.result("net_arp"),
+        lab.l1_result("net_tap_mac"),
+        "ARP resolved"
+    );
+    assert_eq!(
+        run.result("net_rx_md5"),
+        lab.l1_result("net_pat_md5"),
+        "level 1 -> guest"
+    );
+    assert_eq!(
+        run.result("net_tx_md5"),
+        lab.l1_result("net_rx_md5"),
+        "guest -> level 1"
+    );
     assert_eq!(lab.l1_result("net_rx_bytes"), (4u64 << 20).to_string());
     assert_eq!(run.result("net_link_down_seen"), "yes");
     assert_eq!(run.result("net_link_up_seen"), "yes");

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use splitvm_tests::hostile::net::{spawn_net, NetNs};
 use splitvm_tests::proc::ChildGuard;
+use splitvm_tests::qemu::{boot, guest_assets, microvm};
 use splitvm_tests::wait::wait_for;
 
 const MAC: &str = "52:54:00:12:34:57";
@@ -27,33 +28,6 @@ const MTU: &str = "1400";
 const MIB: usize = 1 << 20;
 /// Bytes moved each way.
 const XFER: usize = 8 * MIB;
-
-/// Runs `scripts/guest-assets` (idempotent, cached) and returns its directory.
-fn guest_assets() -> PathBuf {
-    let script = splitvm_tests::workspace_root().join("scripts/guest-assets");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/guest-assets");
-    assert!(out.status.success(), "scripts/guest-assets failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-/// Host TSC frequency in kHz (microvm under TCG needs `tsc_early_khz`).
-fn tsc_khz() -> u64 {
-    if let Ok(v) = std::env::var("SPLITVM_TSC_KHZ") {
-        return v.parse().expect("SPLITVM_TSC_KHZ is a number");
-    }
-    let info = fs::read_to_string("/proc/cpuinfo").unwrap();
-    let mhz: f64 = info
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))
-        .and_then(|l| l.split(':').nth(1))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("cpu MHz in /proc/cpuinfo");
-    (mhz * 1000.0).round() as u64
-}
 
 /// The L2 initramfs plus an overlay holding `/scenario.sh`.
 fn initrd(assets: &Path, dir: &Path, scenario: &str) -> PathBuf {
@@ -200,26 +174,7 @@ fn run_guest(
 ) -> Outcome {
     let host_ip = "10.77.0.1";
     let rd = initrd(assets, dir, &scenario(host_ip, "10.77.0.2"));
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name, "qemu-system-x86_64"])
-        .args([
-            "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .args([
-            "-serial",
-            "stdio",
-            "-global",
-            "virtio-mmio.force-legacy=false",
-        ])
-        .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
-        .args(["-machine", "memory-backend=mem"]);
+    let mut cmd = microvm(&["ip", "netns", "exec", &ns.name]);
     match &netdev {
         Netdev::VhostUser(sock) => {
             cmd.arg("-chardev")
@@ -231,19 +186,10 @@ fn run_guest(
                 .arg(format!("tap,id=n0,ifname={name},script=no,downscript=no"));
         }
     }
-    cmd.arg("-device")
-        .arg(format!(
-            "virtio-net-device,netdev=n0,mac={MAC},host_mtu={MTU}"
-        ))
-        .arg("-kernel")
-        .arg(assets.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(&rd)
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 tsc_early_khz={} panic=-1 reboot=t quiet",
-            tsc_khz()
-        ));
+    cmd.arg("-device").arg(format!(
+        "virtio-net-device,netdev=n0,mac={MAC},host_mtu={MTU}"
+    ));
+    boot(&mut cmd, assets, &rd);
     let host = host_side(ns, data.to_vec());
     let before = packets(ns, tap);
     let mut qemu = ChildGuard::spawn("qemu", cmd);

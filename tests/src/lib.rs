@@ -5,6 +5,7 @@ pub mod hostile;
 pub mod lab;
 pub mod microguest;
 pub mod proc;
+pub mod qemu;
 pub mod wait;
 
 use std::path::PathBuf;

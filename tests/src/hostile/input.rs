@@ -293,28 +293,4 @@ impl InputDev {
     }
 }
 
-/// Directory holding the static guest tools (`evread`, `blkzeroout`,
-/// `uinput-dev`), built once per target directory by
-/// `scripts/build-guest-tools` (which uses its own cargo target dir).
-pub fn guest_tools() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        // target/<profile>/deps/it-xxxx -> target/
-        let exe = std::env::current_exe().expect("current_exe");
-        let target = exe
-            .ancestors()
-            .nth(3)
-            .expect("test binary lives in target/<profile>/deps")
-            .to_path_buf();
-        let out = target.join("guest-tools-bin");
-        let st = Command::new(crate::workspace_root().join("scripts/build-guest-tools"))
-            .arg(&out)
-            .env("CARGO_TARGET_DIR", &target)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("run scripts/build-guest-tools");
-        assert!(st.success(), "scripts/build-guest-tools failed");
-        out
-    })
-    .clone()
-}
+pub use crate::lab::guest_tools;
