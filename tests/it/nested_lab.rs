@@ -291,7 +291,8 @@ fn nested_lab_blk_swap_between_backends_under_load() {
 
 /// splitvm + splitvm-net + Linux's virtio_net: MAC and MTU from the
 /// backend, ping and ARP to a level-1 address, 4 MiB each way over TCP with
-/// matching checksums, and link down/up seen as carrier changes.
+/// matching checksums, link down/up seen as carrier changes, and ping
+/// resuming after splitvm-net is killed with SIGKILL and restarted.
 #[test]
 fn nested_lab_splitvm_net() {
     let lab = lab();
@@ -320,5 +321,8 @@ fn nested_lab_splitvm_net() {
     assert_eq!(run.result("net_link_down_seen"), "yes");
     assert_eq!(run.result("net_link_up_seen"), "yes");
     assert_eq!(run.result("net_ping_after_up"), "ok");
+    // kill -9 of the backend and a new one on the same socket: ping resumes.
+    assert_eq!(lab.l1_result("net_restarted"), "yes");
+    assert_eq!(run.result("net_ping_after_restart"), "ok");
     assert_eq!(lab.l1_result("net_term_rc"), "0");
 }

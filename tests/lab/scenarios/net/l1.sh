@@ -62,6 +62,24 @@ tx_pid=$!
 ) &
 ctl_pid=$!
 
+# kill -9 when the guest asks (port 5004), then a new backend on the same
+# socket and tap: splitvm reconnects, the guest's ping resumes.
+(
+	nc -l -p 5004 >/dev/null
+	kill -KILL $net_pid
+	splitvm-net --socket-path "$D/net.sock" --tap $TAP --mac 52:54:00:12:34:58 --mtu 1400 >>"$D/net.log" 2>&1 &
+	echo $! >"$D/net2.pid"
+	until [ "$(grep -c 'listening on' "$D/net.log")" -ge 2 ]; do usleep 50000; done
+	ip addr add 10.88.0.1/24 dev $TAP 2>/dev/null
+	ip link set $TAP up
+	echo yes >"$D/restarted"
+	wait_file_line "$D/l2.log" "net_ping_after_restart=" 300
+	kill -TERM "$(cat "$D/net2.pid")"
+	wait "$(cat "$D/net2.pid")"
+	echo $? >"$D/term_rc"
+) &
+restart_pid=$!
+
 run_l2 net --scenario /lab/scenarios/net/l2.sh -- --memory 512M --net socket="$D/net.sock" |
 	tee "$D/l2.log"
 
@@ -70,8 +88,15 @@ l1_result net_rx_md5 "$(md5sum <"$D/rx.bin" | cut -d' ' -f1)"
 l1_result net_link_down_read "$(cat "$D/down_read" 2>/dev/null || echo no)"
 kill $rx_pid $tx_pid $ctl_pid 2>/dev/null
 exec 8>&-
-kill -TERM $net_pid
-wait $net_pid
-l1_result net_term_rc "$?"
+if grep -q "net_ping_after_restart=" "$D/l2.log"; then
+	wait $restart_pid
+	l1_result net_restarted "$(cat "$D/restarted" 2>/dev/null || echo no)"
+	l1_result net_term_rc "$(cat "$D/term_rc" 2>/dev/null || echo none)"
+else
+	kill $restart_pid 2>/dev/null
+	kill -TERM $net_pid
+	wait $net_pid
+	l1_result net_term_rc "$?"
+fi
 l1_result net_counters "$(grep 'counters:' "$D/net.log" | tail -n 1 | sed 's/.*counters: //; s/ /,/g')"
 grep -E 'WARN|ERROR' "$D/net.log" | head -n 20

@@ -54,3 +54,14 @@ for i in $(seq 1 10); do
 	if ping -c 1 -W 1 $HOST >/dev/null 2>&1; then ok=ok; break; fi
 done
 echo "RESULT net_ping_after_up=$ok"
+
+# Level 1 kills splitvm-net with SIGKILL and starts a new one on the same
+# socket: after a pause, the same eth0 carries traffic again.
+echo restart | nc $HOST 5004
+# The new tap has a new MAC: forget the old one.
+ip neigh flush dev eth0
+ok=fail
+for i in $(seq 1 60); do
+	if ping -c 1 -W 1 $HOST >/dev/null 2>&1; then ok=ok; break; fi
+done
+echo "RESULT net_ping_after_restart=$ok"
