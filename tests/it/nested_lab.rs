@@ -275,6 +275,11 @@ fn nested_lab_blk_swap_between_backends_under_load() {
     );
     assert_eq!(lab.l1_result("swap_back_to_a_rc"), "0");
     assert_eq!(lab.l1_result("swap_pid_after_a"), a);
+    assert_eq!(
+        lab.l1_result("swap_rounds_after_last_swap_ok"),
+        "0",
+        "the guest kept working after the last swap"
+    );
     assert_eq!(lab.l1_result("swap_b_saw_disconnect"), "1");
     assert_eq!(lab.l1_result("swap_b_term_rc"), "0");
     assert_eq!(run.result("mismatches"), "0");

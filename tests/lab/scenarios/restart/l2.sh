@@ -26,6 +26,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
 		[ "$want" = "$got" ] || bad=$((bad + 1))
 	done
 	rounds=$((rounds + 1))
+	echo "RESTART-ROUND $rounds"
 done
 echo "RESTART-WORKLOAD-DONE"
 sync
