@@ -61,6 +61,21 @@ fn check_profile_run(name: &str, run: &L2Run, all: &str) {
     assert_eq!(r("touch_props"), "2");
     assert_eq!(r("touch_abs"), "260800000000003");
     assert_eq!(r("led_write"), "0");
+    // REL_X, REL_Y, REL_HWHEEL, REL_WHEEL; the tablet: ABS_X, ABS_Y.
+    assert_eq!(r("mouse_found"), "yes");
+    assert_eq!(r("mouse_rel"), "143");
+    assert_eq!(r("tablet_found"), "yes");
+    assert_eq!(r("tablet_abs"), "3");
+    assert_eq!(
+        events(run, "MOUSE "),
+        vec![(2, 0, 5), (2, 1, -3), (0, 0, 0)],
+        "{name}: one mouse move"
+    );
+    assert_eq!(
+        events(run, "TABLET "),
+        vec![(3, 0, 1000), (3, 1, 2000), (0, 0, 0)],
+        "{name}: one tablet position"
+    );
     assert_eq!(events(run, "KEYS1 "), taps(&[30, 48, 46]), "{name}: keys");
     let t = events(run, "TOUCH ");
     let pos = |e: Ev| {
@@ -136,5 +151,7 @@ fn input_qemu_and_splitvm_guests_read_events_in_the_lab() {
     }
     assert_eq!(l1("kbd_backend_exit"), Some("0"));
     assert_eq!(l1("touch_backend_exit"), Some("0"));
+    assert_eq!(l1("mouse_backend_exit"), Some("0"));
+    assert_eq!(l1("tablet_backend_exit"), Some("0"));
     assert_eq!(l1("sockets_left"), Some("no"), "sockets removed at SIGTERM");
 }

@@ -126,7 +126,15 @@ KB=$!
 splitvm-input --socket-path "$D/touch.sock" --profile touch --event-socket "$D/touch.ev" \
 	>"$D/touch.log" 2>&1 &
 TB=$!
-wait_path "$D/kbd.ev" 10 && wait_path "$D/touch.ev" 10 || say "profile_sockets=missing"
+splitvm-input --socket-path "$D/mouse.sock" --profile mouse --event-socket "$D/mouse.ev" \
+	>"$D/mouse.log" 2>&1 &
+MB=$!
+splitvm-input --socket-path "$D/tablet.sock" --profile tablet --event-socket "$D/tablet.ev" \
+	>"$D/tablet.log" 2>&1 &
+AB=$!
+for ev in kbd touch mouse tablet; do
+	wait_path "$D/$ev.ev" 10 || say "profile_sockets=missing"
+done
 
 # profile_run NAME VMM RUNNER ARGS...: one level-2 boot with both devices.
 profile_run() {
@@ -134,7 +142,8 @@ profile_run() {
 	_vmm=$2
 	shift 2
 	_log=$D/l2-$_name.log
-	scenario "$D/$_name.sh" "KBD='splitvm keyboard'" "TOUCH='splitvm touch'" "LAT=$LAT"
+	scenario "$D/$_name.sh" "KBD='splitvm keyboard'" "TOUCH='splitvm touch'" \
+		"MOUSE='splitvm mouse'" "TABLET='splitvm tablet'" "LAT=$LAT"
 	splitvm-input send --event-socket "$D/kbd.ev" --follow --until LED_CAPSL --timeout 200 '{"ping":0}' \
 		>"$D/$_name.led" 2>&1 &
 	_led=$!
@@ -148,6 +157,10 @@ profile_run() {
 			'{"touch":[{"slot":0,"x":150,"y":250}]}' \
 			'{"touch":[{"slot":0,"up":true}]}'
 		wait_count "$_log" EVREAD-READY 3 60 || exit 1
+		splitvm-input send --event-socket "$D/mouse.ev" '{"move":[5,-3]}'
+		wait_count "$_log" EVREAD-READY 4 60 || exit 1
+		splitvm-input send --event-socket "$D/tablet.ev" '{"abs":[1000,2000]}'
+		wait_count "$_log" EVREAD-READY 5 60 || exit 1
 		splitvm-input send --event-socket "$D/kbd.ev" --echo "$LAT" --timeout 30 \
 			'{"key":"KEY_A"}' >"$D/$_name.echo" 2>&1 || tail -3 "$D/$_name.echo"
 	) &
@@ -163,7 +176,8 @@ profile_run() {
 
 profile_run input-profile splitvm \
 	run_l2 input-profile --scenario "$D/input-profile.sh" --timeout 240 -- --memory 512M \
-	--input "socket=$D/kbd.sock" --input "socket=$D/touch.sock"
+	--input "socket=$D/kbd.sock" --input "socket=$D/touch.sock" \
+	--input "socket=$D/mouse.sock" --input "socket=$D/tablet.sock"
 
 if command -v qemu-system-x86_64 >/dev/null; then
 	profile_run input-qemu qemu \
@@ -171,14 +185,20 @@ if command -v qemu-system-x86_64 >/dev/null; then
 		-global virtio-mmio.force-legacy=false \
 		-object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \
 		-chardev "socket,id=k,path=$D/kbd.sock" -device vhost-user-input,chardev=k \
-		-chardev "socket,id=t,path=$D/touch.sock" -device vhost-user-input,chardev=t
+		-chardev "socket,id=t,path=$D/touch.sock" -device vhost-user-input,chardev=t \
+		-chardev "socket,id=m,path=$D/mouse.sock" -device vhost-user-input,chardev=m \
+		-chardev "socket,id=a,path=$D/tablet.sock" -device vhost-user-input,chardev=a
 fi
 
-kill "$KB" "$TB"
+kill "$KB" "$TB" "$MB" "$AB"
 wait "$KB"
 say "kbd_backend_exit=$?"
 wait "$TB"
 say "touch_backend_exit=$?"
+wait "$MB"
+say "mouse_backend_exit=$?"
+wait "$AB"
+say "tablet_backend_exit=$?"
 sed 's/^/[kbd-backend] /' "$D/kbd.log"
 if [ -e "$D/kbd.sock" ] || [ -e "$D/kbd.ev" ]; then say "sockets_left=yes"; else say "sockets_left=no"; fi
 exit $rc

@@ -5,6 +5,8 @@
 #   MODE=evdev    also read a second batch of keys (after the host device
 #                 was unplugged and plugged again)
 #   TOUCH=NAME    a touch screen to check and read
+#   MOUSE=NAME    a relative mouse to check and read (one move)
+#   TABLET=NAME   an absolute tablet to check and read (one position)
 #   LAT=N         then time N round trips: LED out, key tap back (latency)
 # Prints RESULT lines, the events read as "KEYS1 t c v" / "KEYS2" / "TOUCH",
 # and "EVREAD-READY" (from evread, on the console) whenever l1.sh may inject.
@@ -50,6 +52,18 @@ if [ -n "$TOUCH" ]; then
 	echo "RESULT touch_events=$(wc -l </tmp/t)"
 	sed 's/^/TOUCH /' /tmp/t
 fi
+# One report each from the mouse and the tablet: "MOUSE t c v" / "TABLET t c v".
+for dev in MOUSE TABLET; do
+	eval "n=\${$dev:-}"
+	[ -n "$n" ] || continue
+	DIR=$(sysdir "$n")
+	lc=$(echo "$dev" | tr A-Z a-z)
+	echo "RESULT ${lc}_found=$([ -n "$DIR" ] && echo yes || echo no)"
+	echo "RESULT ${lc}_rel=$(cat "$DIR/capabilities/rel")"
+	echo "RESULT ${lc}_abs=$(cat "$DIR/capabilities/abs")"
+	evread --name "$n" --ready --until 0:0:0 --timeout 90 >/tmp/$lc || rc=1
+	sed "s/^/$dev /" /tmp/$lc
+done
 if [ "${LAT:-0}" -gt 0 ]; then
 	# Round trips timed here (kvm-clock): LED out, key tap back. The host
 	# side starts with one tap once it listens.
