@@ -11,5 +11,6 @@ mod input;
 mod input_qemu;
 mod nested_lab;
 mod net_cli;
+mod net_dpdk;
 mod net_hostile;
 mod net_qemu;
