@@ -185,20 +185,25 @@ if [[ $with_dpdk == 1 ]]; then
 	testpmd=$(command -v dpdk-testpmd) || die "--with-dpdk: dpdk-testpmd not installed (package dpdk-dev)"
 	copy_with_libs "$stage" "$testpmd" /usr/bin/dpdk-testpmd
 	# The EAL loads every driver in the plugin directory it was built
-	# with (DPDK_PLUGIN_PATH in librte_eal); only these four go in, so
-	# the others (and their libraries: verbs, pcap, ...) stay out.
-	eal=$(ldd "$testpmd" | awk '/librte_eal\.so/ { print $3 }')
-	pmds=$(grep -a -o 'DPDK_PLUGIN_PATH=[[:graph:]]*' "$eal" | head -n 1 | cut -d= -f2)
+	# with (DPDK_PLUGIN_PATH in librte_eal); only the drivers needed here
+	# go in, so the others (and their libraries: verbs, pcap, ...) stay out.
+	# A driver testpmd links already (the vdev bus) stays out too: without
+	# the host's symlinks and ld.so.cache, level 1 would hold two copies of
+	# it, the EAL would load the second one as well, and the --vdev devices
+	# would land on a second vdev bus that has no drivers.
+	linked=$(ldd "$testpmd")
+	eal=$(awk '/librte_eal\.so/ { print $3 }' <<<"$linked")
+	pmds=$(grep -a -o 'DPDK_PLUGIN_PATH=[[:graph:]]*' "$eal" | sed -n '1s/^DPDK_PLUGIN_PATH=//p')
 	[[ -n $pmds && -d $pmds ]] || die "--with-dpdk: no DPDK plugin directory named in $eal"
 	for d in bus_vdev mempool_ring net_vhost net_tap; do
+		[[ $linked == *"librte_$d.so"* ]] && continue
+		found=0
 		for f in "$pmds"/librte_"$d".so.*; do
-			if [[ -L $f ]]; then
-				mkdir -p "$stage/$pmds"
-				ln -sf "$(readlink "$f")" "$stage/$f"
-			else
-				copy_with_libs "$stage" "$f" "$f"
-			fi
+			[[ -f $f && ! -L $f ]] || continue
+			copy_with_libs "$stage" "$f" "$f"
+			found=1
 		done
+		((found)) || die "--with-dpdk: no $d driver in $pmds"
 	done
 	log "packed dpdk-testpmd ($pmds)"
 fi
