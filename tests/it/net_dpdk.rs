@@ -303,8 +303,17 @@ fn spawn_testpmd(ns: &NetNs, sock: &Path) -> ChildGuard {
         "19",
         "dpdk-testpmd",
     ])
-    .args(["--no-shconf", "--no-huge", "-m", "128", "--no-pci"])
-    .args(["--lcores", "0@0,1@0", "--file-prefix", &ns.name])
+    .args([
+        "--no-shconf",
+        "--no-huge",
+        "-m",
+        "128",
+        "--no-pci",
+        "--no-telemetry",
+    ])
+    .arg("--lcores")
+    .arg(format!("0@{cpu},1@{cpu}", cpu = first_allowed_cpu()))
+    .args(["--file-prefix", &ns.name])
     .arg("--vdev")
     .arg(format!("net_vhost0,iface={},queues=1", sock.display()))
     .arg("--vdev")
@@ -318,6 +327,25 @@ fn spawn_testpmd(ns: &NetNs, sock: &Path) -> ChildGuard {
     ])
     .args(["--stats-period", "3600"]);
     ChildGuard::spawn("dpdk-testpmd", cmd)
+}
+
+/// The lowest CPU this process may run on (testpmd's lcores go there).
+fn first_allowed_cpu() -> usize {
+    // SAFETY: all-zero is a valid cpu_set_t; sched_getaffinity writes at
+    // most size_of::<cpu_set_t>() bytes into it; pid 0 is this thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    assert_eq!(
+        r,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads the set filled in above.
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .expect("some CPU is allowed")
 }
 
 fn driver_for(sock: &Path) -> Driver {
@@ -441,6 +469,8 @@ fn frontend_drives_dpdk_testpmd_vhost_pmd() {
     }
     pmd.signal(libc::SIGTERM);
     let (st, lines) = pmd.finish(Duration::from_secs(60));
+    // The EAL's runtime directory (empty with --no-shconf --no-telemetry).
+    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", ns.name));
     assert!(st.success(), "testpmd exit: {st:?}");
     let vhost_rx = forward_rx_packets(&lines, 0).expect("testpmd's statistics for port 0");
     assert!(
