@@ -348,8 +348,33 @@ impl VhostUserDevice {
         self.refresh_config()?;
         let bases = self.bases_from_used_rings();
         self.start(&bases)?;
+        self.nudge();
         self.reconnects += 1;
         Ok(())
+    }
+
+    /// After a backend change, kicks every running queue and raises the
+    /// device interrupt once. A dying backend may have consumed the guest's
+    /// last kick without popping the request (and with `EVENT_IDX` the guest
+    /// will not kick again until the device moves `avail_event`), or written
+    /// the used ring without signalling the call eventfd (and the guest
+    /// waits for that interrupt forever). Both notifications are harmless
+    /// when nothing was lost: the backend finds the ring as it is and the
+    /// guest's interrupt handler finds no new used entries.
+    fn nudge(&self) {
+        let Some(run) = &self.running else {
+            return;
+        };
+        for (q, kick) in run.queues.iter().zip(&run.kicks) {
+            if q.ready && q.size > 0 {
+                if let Err(e) = kick.write(1) {
+                    log::warn!("{}: kicking a queue: {e}", self.socket().display());
+                }
+            }
+        }
+        if let Err(e) = run.call.write(1) {
+            log::warn!("{}: raising the interrupt: {e}", self.socket().display());
+        }
     }
 
     /// Moves the device to the backend behind `new`: the old one is
@@ -369,6 +394,7 @@ impl VhostUserDevice {
             .and_then(|_| self.start(&bases));
         match result {
             Ok(()) => {
+                self.nudge();
                 self.connected = true;
                 self.reconnects += 1;
                 let _ = self.conn_changed.write(1);
@@ -388,6 +414,7 @@ impl VhostUserDevice {
                 self.conn = old;
                 self.start_backend_requests()?;
                 self.start(&bases)?;
+                self.nudge();
                 Err(e)
             }
         }
