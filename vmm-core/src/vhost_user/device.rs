@@ -41,6 +41,23 @@ struct Running {
     call: EventFd,
 }
 
+/// The used indices of a device's running queues (see
+/// [`VhostUserDevice::used_reader`]).
+pub struct UsedReader {
+    mem: GuestMemory,
+    addrs: Vec<GuestAddress>,
+}
+
+impl UsedReader {
+    /// The current used index of each running queue.
+    pub fn read(&self) -> Vec<u16> {
+        self.addrs
+            .iter()
+            .map(|a| self.mem.read_obj::<u16>(*a).unwrap_or(0))
+            .collect()
+    }
+}
+
 /// A device served by a vhost-user backend process.
 pub struct VhostUserDevice {
     kind: DeviceKind,
@@ -312,6 +329,22 @@ impl VhostUserDevice {
                 }
             })
             .collect()
+    }
+
+    /// Reads every running queue's used index without holding the device:
+    /// for timing a new backend's first completion from the monitor thread.
+    pub fn used_reader(&self) -> Option<UsedReader> {
+        let run = self.running.as_ref()?;
+        let addrs = run
+            .queues
+            .iter()
+            .filter(|q| q.ready)
+            .map(|q| GuestAddress(q.used + 2))
+            .collect();
+        Some(UsedReader {
+            mem: self.mem.clone(),
+            addrs,
+        })
     }
 
     /// Stops every running queue (`GET_VRING_BASE`); returns their positions.
