@@ -19,6 +19,7 @@ use vmm_core::devices::virtio::mmio::{
 };
 use vmm_core::devices::virtio::F_VERSION_1;
 use vmm_core::vhost_user::device::{DeviceKind, VhostUserDevice};
+use vmm_core::vhost_user::monitor::{Monitor, ReconnectPolicy};
 use vmm_core::vstate::memory::{create_guest_memory, GuestMemory};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -282,17 +283,8 @@ fn frontend_drives_splitvm_blk() {
 /// the device state, and the queued request completes.
 #[test]
 fn frontend_survives_backend_kill_and_restart() {
-    use vmm_core::vhost_user::monitor::{Monitor, ReconnectPolicy};
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let (blk, sock) = spawn_blk(dir.path(), &img, &[]);
-    wait_for("the splitvm-blk socket", Duration::from_secs(20), || {
-        sock.exists().then_some(())
-    });
-    let mut d = driver_for(&sock);
-    let _mon = Monitor::start("blk0".into(), d.t.clone(), ReconnectPolicy::Forever).unwrap();
-    d.init();
-    let mut blk = blk;
+    let (img, sock, mut blk, mut d, _mon) = supervised(dir.path());
     for round in 0..5u8 {
         let data = vec![round; 4096];
         assert_eq!(d.request(1, u64::from(round) * 8, &mut data.clone()), 0);
@@ -318,6 +310,28 @@ fn frontend_survives_backend_kill_and_restart() {
     assert_eq!(reconnects, Some(5));
 }
 
+/// splitvm-blk on an image in `dir`, a driver that set the device up, and
+/// the monitor thread that reconnects it.
+fn supervised(
+    dir: &Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    ChildGuard,
+    Driver,
+    Monitor,
+) {
+    let img = image(dir);
+    let (blk, sock) = spawn_blk(dir, &img, &[]);
+    wait_for("the splitvm-blk socket", Duration::from_secs(20), || {
+        sock.exists().then_some(())
+    });
+    let mut d = driver_for(&sock);
+    let mon = Monitor::start("blk0".into(), d.t.clone(), ReconnectPolicy::Forever).unwrap();
+    d.init();
+    (img, sock, blk, d, mon)
+}
+
 /// A backend can die after reading the guest's kick but before popping the
 /// request, and the guest (with `EVENT_IDX`) does not kick again; or after
 /// writing the used ring but before raising the interrupt. The VMM kicks
@@ -325,16 +339,9 @@ fn frontend_survives_backend_kill_and_restart() {
 /// next backend serves the request and the guest looks at the used ring.
 #[test]
 fn restore_recovers_a_kick_and_an_interrupt_the_dead_backend_swallowed() {
-    use vmm_core::vhost_user::monitor::{with_device, Monitor, ReconnectPolicy};
+    use vmm_core::vhost_user::monitor::with_device;
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let (mut blk, sock) = spawn_blk(dir.path(), &img, &[]);
-    wait_for("the splitvm-blk socket", Duration::from_secs(20), || {
-        sock.exists().then_some(())
-    });
-    let mut d = driver_for(&sock);
-    let _mon = Monitor::start("blk0".into(), d.t.clone(), ReconnectPolicy::Forever).unwrap();
-    d.init();
+    let (img, _sock, mut blk, mut d, _mon) = supervised(dir.path());
     for round in 0..3u8 {
         blk.signal(libc::SIGKILL);
         blk.wait_exit(Duration::from_secs(10));
@@ -377,17 +384,9 @@ fn restore_recovers_a_kick_and_an_interrupt_the_dead_backend_swallowed() {
 #[test]
 fn frontend_restart_timing() {
     use splitvm_tests::stats::percentile;
-    use vmm_core::vhost_user::monitor::{Monitor, ReconnectPolicy};
     const RESTARTS: usize = 50;
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let (mut blk, sock) = spawn_blk(dir.path(), &img, &[]);
-    wait_for("the splitvm-blk socket", Duration::from_secs(20), || {
-        sock.exists().then_some(())
-    });
-    let mut d = driver_for(&sock);
-    let _mon = Monitor::start("blk0".into(), d.t.clone(), ReconnectPolicy::Forever).unwrap();
-    d.init();
+    let (img, sock, mut blk, mut d, _mon) = supervised(dir.path());
     let mut times = Vec::new();
     for k in 0..RESTARTS {
         blk.signal(libc::SIGKILL);
@@ -432,7 +431,7 @@ fn spin_until(what: &str, mut cond: impl FnMut() -> bool) -> std::time::Instant 
 #[test]
 fn swap_moves_a_running_device_to_another_backend() {
     use vmm_core::vhost_user::frontend::BackendConnection;
-    use vmm_core::vhost_user::monitor::{with_device, Monitor, ReconnectPolicy};
+    use vmm_core::vhost_user::monitor::with_device;
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path());
     let a_dir = dir.path().join("a");
