@@ -329,6 +329,16 @@ fn spawn_testpmd(ns: &NetNs, sock: &Path) -> ChildGuard {
     ChildGuard::spawn("dpdk-testpmd", cmd)
 }
 
+/// The EAL's runtime directory for one `--file-prefix` (empty with
+/// `--no-shconf --no-telemetry`), removed on drop, also after a failure.
+struct RuntimeDir(String);
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The lowest CPU this process may run on (testpmd's lcores go there).
 fn first_allowed_cpu() -> usize {
     // SAFETY: all-zero is a valid cpu_set_t; sched_getaffinity writes at
@@ -415,6 +425,7 @@ fn frontend_drives_dpdk_testpmd_vhost_pmd() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vhu.sock");
     let ns = NetNs::new("dpdk");
+    let _rundir = RuntimeDir(format!("/var/run/dpdk/{}", ns.name));
     let pmd = spawn_testpmd(&ns, &sock);
     wait_for(
         "testpmd's vhost-user socket",
@@ -469,8 +480,6 @@ fn frontend_drives_dpdk_testpmd_vhost_pmd() {
     }
     pmd.signal(libc::SIGTERM);
     let (st, lines) = pmd.finish(Duration::from_secs(60));
-    // The EAL's runtime directory (empty with --no-shconf --no-telemetry).
-    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", ns.name));
     assert!(st.success(), "testpmd exit: {st:?}");
     let vhost_rx = forward_rx_packets(&lines, 0).expect("testpmd's statistics for port 0");
     assert!(
