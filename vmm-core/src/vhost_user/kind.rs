@@ -82,8 +82,9 @@ impl DeviceKind {
     /// backend's. One that does not follows QEMU's (DPDK, OVS, ...): both
     /// belong to the frontend, and such backends never look at a control
     /// queue. splitvm has neither of its own, so it hides every feature
-    /// that needs them; otherwise the guest would read a zero MAC and a
-    /// link that is down, and wait forever for its first control command.
+    /// that needs them; otherwise the guest reads zeros for MAC, link state
+    /// or MTU, and waits forever for the answer to its first control
+    /// command (DPDK 22.11 offers MTU, CTRL_VQ, CTRL_RX, MQ, GUEST_ANNOUNCE).
     pub fn guest_features(self, offered: u64, config: bool) -> u64 {
         let mut f = offered
             & !(F_PROTOCOL_FEATURES
@@ -98,8 +99,8 @@ impl DeviceKind {
 
     /// The most queues a backend answering `GET_QUEUE_NUM` with
     /// `queue_num` serves. For net devices the answer counts queue pairs
-    /// (QEMU's reading, which DPDK follows); the control queue comes on
-    /// top. Other devices count queues.
+    /// (QEMU's reading; DPDK 22.11 answers 128, its limit of pairs); the
+    /// control queue comes on top. Other devices count queues.
     pub fn max_queues(self, queue_num: u64) -> usize {
         let n = usize::try_from(queue_num).unwrap_or(usize::MAX);
         match self {
