@@ -30,7 +30,7 @@ mkdir -p "$D" /var/run
 wait_until() {
 	_end=$(($(date +%s) + $1))
 	shift
-	until "$@" 2>/dev/null; do
+	until "$@" >/dev/null 2>&1; do
 		[ "$(date +%s)" -ge "$_end" ] && return 1
 		usleep 50000
 	done
@@ -65,7 +65,8 @@ else
 	kill $pmd_pid 2>/dev/null
 	echo "--- plugin directory $pmds; testpmd again with the EAL's debug log ---"
 	ls -la "$pmds"
-	timeout 60 dpdk-testpmd --log-level=lib.eal:debug --log-level='pmd.net.*:debug' --log-level='lib.vhost.*:debug' --no-shconf --no-huge -m 128 --no-pci \
+	timeout 60 dpdk-testpmd --log-level=lib.eal:debug --log-level='pmd.net.*:debug' \
+		--log-level='lib.vhost.*:debug' --no-shconf --no-huge -m 128 --no-pci \
 		--vdev "net_vhost0,iface=$D/vhu2.sock,queues=1" -- --total-num-mbufs 8192 </dev/null 2>&1 |
 		grep -v '^ \|^$' | head -n 60
 	exit 1
