@@ -5,6 +5,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod abi;
+pub mod avail;
 pub mod cli;
 pub mod daemon;
 pub mod logging;

@@ -197,9 +197,8 @@ impl VhostUserBlkBackend {
             if !event_idx {
                 break;
             }
-            match vring.enable_notification() {
-                Ok(true) => continue,
-                _ => break,
+            if !splitvm_backends::avail::enable_and_recheck(vring, &*mem) {
+                break;
             }
         }
         if used {

@@ -163,9 +163,10 @@ impl VhostUserInputBackend {
             if !event_idx {
                 break;
             }
-            match vring.enable_notification() {
-                Ok(true) if starved => continue,
-                _ => break,
+            // Re-enabled either way; another round only for a body that
+            // stopped for want of chains.
+            if !(splitvm_backends::avail::enable_and_recheck(vring, &*mem) && starved) {
+                break;
             }
         }
         if used && vring.needs_notification().unwrap_or(true) {

@@ -205,7 +205,7 @@ impl VhostUserNetBackend {
                 Self::add_used(vring, head, 0);
                 used = true;
             }
-            if !event_idx || !matches!(vring.enable_notification(), Ok(true)) {
+            if !event_idx || !splitvm_backends::avail::enable_and_recheck(vring, &*mem) {
                 break;
             }
         }
