@@ -1,5 +1,5 @@
 //! The code behind splitvm's fuzz targets, kept out of the cargo-fuzz crate
-//! (`fuzz/`, nightly, its own workspace) so that it builds on stable as a
+//! (`fuzz/libfuzzer/`, nightly, its own workspace) so that it builds on stable as a
 //! workspace member: `tests/regressions.rs` replays every input saved in
 //! `fuzz/regressions/<target>/` through the same function the fuzzer ran.
 //!

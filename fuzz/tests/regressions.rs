@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 #[test]
 fn fuzz_regressions_replay() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut replayed = 0;
     for (name, run) in splitvm_fuzz_harness::TARGETS {
         for kind in ["regressions", "seeds"] {
@@ -38,14 +38,14 @@ fn fuzz_regressions_replay() {
 
 #[test]
 fn every_target_has_a_fuzz_target_file() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("libfuzzer");
     let manifest = fs::read_to_string(root.join("Cargo.toml")).unwrap();
     for (name, _) in splitvm_fuzz_harness::TARGETS {
         let src = root.join("fuzz_targets").join(format!("{name}.rs"));
         assert!(src.is_file(), "{} missing", src.display());
         assert!(
             manifest.contains(&format!("name = \"{name}\"")),
-            "{name} not a [[bin]] of fuzz/Cargo.toml"
+            "{name} not a [[bin]] of fuzz/libfuzzer/Cargo.toml"
         );
     }
 }
@@ -59,7 +59,7 @@ fn vhost_seed_sessions_are_answered() {
     use splitvm_fuzz_harness::{devices, vhost_msg};
     let _ = env_logger::builder().is_test(true).try_init();
     let seed = |t: &str| {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../seeds/{t}/session"));
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("seeds/{t}/session"));
         fs::read(p).unwrap()
     };
     // GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_CONFIG, and
