@@ -182,6 +182,7 @@ impl VhostUserBlkBackend {
             if event_idx {
                 let _ = vring.disable_notification();
             }
+            let mut popped = false;
             loop {
                 let chain = vring
                     .get_mut()
@@ -190,6 +191,7 @@ impl VhostUserBlkBackend {
                 let Some(chain) = chain else {
                     break;
                 };
+                popped = true;
                 used |= self.start_chain(q, w, vring, &mem, chain);
             }
             w.engine.commit();
@@ -197,7 +199,7 @@ impl VhostUserBlkBackend {
             if !event_idx {
                 break;
             }
-            if !splitvm_backends::avail::enable_and_recheck(vring, &*mem) {
+            if !splitvm_backends::avail::enable_and_recheck(vring, popped) {
                 break;
             }
         }

@@ -164,8 +164,9 @@ impl VhostUserInputBackend {
                 break;
             }
             // Re-enabled either way; another round only for a body that
-            // stopped for want of chains.
-            if !(splitvm_backends::avail::enable_and_recheck(vring, &*mem) && starved) {
+            // stopped for want of chains after using some (every chain it
+            // takes gets a used entry).
+            if !(splitvm_backends::avail::enable_and_recheck(vring, u) && starved) {
                 break;
             }
         }

@@ -189,6 +189,7 @@ impl VhostUserNetBackend {
             if event_idx {
                 let _ = vring.disable_notification();
             }
+            let mut popped = false;
             loop {
                 let chain = vring
                     .get_mut()
@@ -197,6 +198,7 @@ impl VhostUserNetBackend {
                 let Some(chain) = chain else {
                     break;
                 };
+                popped = true;
                 let head = chain.head_index();
                 if let Err(e) = self.tx_one(tap, &mem, &mut pair.out, chain) {
                     Counters::bump(&dev.counters.tx_bad);
@@ -205,7 +207,7 @@ impl VhostUserNetBackend {
                 Self::add_used(vring, head, 0);
                 used = true;
             }
-            if !event_idx || !splitvm_backends::avail::enable_and_recheck(vring, &*mem) {
+            if !event_idx || !splitvm_backends::avail::enable_and_recheck(vring, popped) {
                 break;
             }
         }
