@@ -6,6 +6,7 @@
 
 pub mod abi;
 pub mod avail;
+pub mod backing;
 pub mod cli;
 pub mod daemon;
 pub mod logging;

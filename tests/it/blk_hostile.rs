@@ -11,6 +11,7 @@ use splitvm_tests::hostile::blk::{
     spawn_blk, BlkDev, S_IOERR, S_UNSUPP, S_UNTOUCHED, T_DISCARD, T_IN, T_OUT, T_WRITE_ZEROES,
 };
 use splitvm_tests::hostile::cases::run_malformed_chains;
+use splitvm_tests::hostile::msg::{run_message_cases, Verdict};
 use splitvm_tests::hostile::{
     within, Desc, HostileFrontend, Setup, EVENT_IDX, F_INDIRECT, F_NEXT, F_WRITE,
 };
@@ -481,4 +482,29 @@ fn blk_hostile_avail_index_overrun_left_in_place() {
         move || BlkDev::connect(&sock, Setup::default()),
     );
     dev.assert_alive(8);
+}
+
+#[test]
+fn blk_hostile_vhost_user_messages() {
+    let f = fixture();
+    let Fixture {
+        _dir,
+        child,
+        sock,
+        dev,
+        ..
+    } = f;
+    drop(dev);
+    let s = sock.clone();
+    let out = run_message_cases(&sock, 1, Duration::from_secs(10), move |what| {
+        let s = s.clone();
+        let mut dev = within(what, Duration::from_secs(20), move || {
+            BlkDev::connect(&s, Setup::default())
+        });
+        dev.assert_alive(3);
+    });
+    assert!(out.iter().any(|(_, v)| *v == Verdict::Dropped));
+    child.signal(libc::SIGTERM);
+    let (st, lines) = child.finish(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{lines:#?}");
 }

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use splitvm_tests::hostile::cases::{run_malformed_chains, Device};
+use splitvm_tests::hostile::msg::{run_message_cases, Verdict};
 use splitvm_tests::hostile::net::{
     eth_frame, hdr, is_test_frame, plain_hdr, spawn_net, test_frame, NetDev, NetNs, PacketSocket,
     CTRLQ, F_MRG_RXBUF, HDR_LEN, TXQ,
@@ -119,10 +120,13 @@ fn get(c: &[(String, u64)], k: &str) -> u64 {
 
 /// A good TX frame with `tag` reaches the wire, and nothing tagged "bad" came first.
 fn assert_tx_alive(f: &mut Fx, tag: &str) {
+    tx_reaches_wire(&mut f.dev, &f.wire, tag);
+}
+
+fn tx_reaches_wire(dev: &mut NetDev, wire: &PacketSocket, tag: &str) {
     let frame = test_frame(tag.as_bytes(), 120);
-    f.dev.tx(&plain_hdr(), &frame);
-    let got = f
-        .wire
+    dev.tx(&plain_hdr(), &frame);
+    let got = wire
         .recv(T, |w| {
             is_test_frame(w, b"bad") || is_test_frame(w, tag.as_bytes())
         })
@@ -556,4 +560,30 @@ fn net_hostile_avail_index_overrun_left_in_place() {
         _ns,
     };
     assert_tx_alive(&mut f, "after-overrun");
+}
+
+#[test]
+fn net_hostile_vhost_user_messages() {
+    let f = fixture(NetDev::setup());
+    let Fx {
+        _dir,
+        child,
+        dev,
+        wire,
+        _ns,
+    } = f;
+    drop(dev);
+    let sock = _dir.path().join("net.sock");
+    let s = sock.clone();
+    let out = run_message_cases(&sock, 3, T, |what| {
+        let s = s.clone();
+        let mut dev = within(what, Duration::from_secs(20), move || {
+            NetDev::connect(&s, NetDev::setup())
+        });
+        tx_reaches_wire(&mut dev, &wire, &format!("msg-{}", what.replace(' ', "-")));
+    });
+    assert!(out.iter().any(|(_, v)| *v == Verdict::Dropped));
+    child.signal(libc::SIGTERM);
+    let (st, lines) = child.finish(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{lines:#?}");
 }

@@ -467,6 +467,7 @@ impl VhostUserBackend for VhostUserBlkBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        splitvm_backends::backing::check(&mem)?;
         *self
             .inner
             .mem

@@ -414,6 +414,7 @@ impl VhostUserBackend for VhostUserNetBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        splitvm_backends::backing::check(&mem)?;
         *self
             .inner
             .mem
