@@ -8,6 +8,7 @@ mod blk_qemu_reconnect;
 mod boot_cli;
 mod frontend;
 mod input;
+mod input_hostile;
 mod input_qemu;
 mod nested_lab;
 mod net_cli;
