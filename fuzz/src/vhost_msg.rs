@@ -448,15 +448,38 @@ pub fn session<T: Device>(device: T, data: &[u8]) -> Vec<u32> {
     }
     let mut codes = Vec::new();
     let mut sent_all = true;
+    // The eventfds to kick: all but a kick fd replaced by a later
+    // SET_VRING_KICK of the same queue. vhost-user-backend 0.24 leaves a
+    // replaced kick fd registered with the worker's epoll and then reads
+    // the new one, so a kick on the old fd blocks that worker for good and
+    // the connection can never end: a hang a frontend (not a guest) can
+    // cause, in the crate, reported rather than fixed here.
+    let mut live: Vec<Option<u64>> = Vec::new();
     for m in &msgs {
+        let first = kicks.len();
         let files = make_fds(&m.fds, data, &mut kicks);
+        let queue = (m.request == SET_VRING_KICK && m.size.is_none())
+            .then(|| {
+                m.body
+                    .first_chunk::<8>()
+                    .map(|b| u64::from_le_bytes(*b) & 0xff)
+            })
+            .flatten();
+        if queue.is_some() {
+            for q in live.iter_mut().filter(|q| **q == queue) {
+                *q = Some(u64::MAX);
+            }
+        }
+        live.extend((first..kicks.len()).map(|_| queue));
         if !send(&ours, m, &files) {
             sent_all = false;
             break;
         }
     }
-    for mut k in &kicks {
-        let _ = k.write_all(&1u64.to_ne_bytes());
+    for (mut k, q) in kicks.iter().zip(&live) {
+        if *q != Some(u64::MAX) {
+            let _ = k.write_all(&1u64.to_ne_bytes());
+        }
     }
     // Without lying sizes the stream is in step: a final GET_FEATURES is
     // answered after everything before it was handled, so the whole input
