@@ -9,5 +9,6 @@ pub mod avail;
 pub mod backing;
 pub mod cli;
 pub mod daemon;
+pub mod exit;
 pub mod logging;
 pub mod proxy;

@@ -25,9 +25,7 @@ use vm_memory::{
     GuestMemoryMmap,
 };
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use splitvm_backends::proxy::Intercept;
 
@@ -70,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     pub(crate) pairs: Vec<Mutex<Pair>>,
     pub(crate) warn: RateLimit,
+    /// The workers' exit events (closed with this connection's backend).
+    exit: splitvm_backends::exit::ExitEvents,
 }
 
 /// See the module docs. Cheap to clone (an `Arc`).
@@ -115,6 +115,7 @@ impl VhostUserNetBackend {
                 mem: RwLock::new(None),
                 pairs,
                 warn: RateLimit::default(),
+                exit: Default::default(),
             }),
         }
     }
@@ -437,7 +438,7 @@ impl VhostUserBackend for VhostUserNetBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        self.inner.exit.make()
     }
 
     fn handle_event(
