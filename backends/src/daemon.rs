@@ -189,10 +189,7 @@ where
     if let Err(e) = listener::notify_ready() {
         warn!("cannot notify NOTIFY_SOCKET: {e}");
     }
-    let private_base = bound
-        .path
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("{}.sock", cfg.name)));
+    let private_base = private_socket_base(&cfg.name, bound.inherited, bound.path.as_deref());
 
     loop {
         if !wait_for_frontend(&epoll, stop)? {
@@ -295,6 +292,18 @@ fn start_proxied<T: Device>(
     };
     let _ = fs::remove_file(&inner_path);
     Proxy::start(frontend, connected?, hook).map_err(DaemonError::Proxy)
+}
+
+/// Where the proxy's private socket goes: next to the socket, except for
+/// an inherited socket under systemd, whose directory the service may not
+/// write: there `$RUNTIME_DIRECTORY` (the unit's `RuntimeDirectory=`).
+fn private_socket_base(name: &str, inherited: bool, path: Option<&Path>) -> PathBuf {
+    let in_runtime_dir = std::env::var_os("RUNTIME_DIRECTORY")
+        .filter(|_| inherited)
+        .map(|d| PathBuf::from(d).join(format!("{name}.sock")));
+    in_runtime_dir
+        .or_else(|| path.map(Path::to_path_buf))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("{name}.sock")))
 }
 
 /// `<socket>.<pid>.fwd`: the daemon's side of the proxy.

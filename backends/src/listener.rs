@@ -185,7 +185,10 @@ fn sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
 
 fn check_listening(fd: RawFd) -> Result<(), ListenError> {
     let bad = |reason: String| ListenError::NotListening { fd, reason };
-    let domain = sockopt(fd, libc::SO_DOMAIN).map_err(|e| bad(e.to_string()))?;
+    let domain = sockopt(fd, libc::SO_DOMAIN).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOTSOCK) => bad("not a unix socket (not a socket at all)".into()),
+        _ => bad(e.to_string()),
+    })?;
     if domain != libc::AF_UNIX {
         return Err(bad(format!("not a unix socket (domain {domain})")));
     }
@@ -248,7 +251,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = std::fs::File::create(dir.path().join("f")).unwrap();
         let e = check_listening(std::os::fd::AsRawFd::as_raw_fd(&f)).unwrap_err();
-        assert!(e.to_string().contains("socket fd"), "{e}");
+        assert!(e.to_string().contains("not a unix socket"), "{e}");
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let e = check_listening(std::os::fd::AsRawFd::as_raw_fd(&a)).unwrap_err();
         assert!(e.to_string().contains("not listening"), "{e}");

@@ -597,7 +597,18 @@ profile = "keyboard"
             run.join("input2.sock").display()
         )));
         assert!(vmm.contains(&format!("--api-socket {}", run.join("api.sock").display())));
-        assert_eq!(locate(&d.path().join("missing.toml")).is_err(), true);
+        assert!(locate(&d.path().join("missing.toml")).is_err());
+    }
+
+    #[test]
+    fn the_annotated_example_is_valid() {
+        let d = tree();
+        std::fs::write(d.path().join("initrd.img"), b"").unwrap();
+        let text = include_str!("../../../examples/vm.toml");
+        let p = check(d.path(), text).unwrap();
+        let names: Vec<_> = p.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["blk0", "net1", "input2"]);
+        assert_eq!(p.name, "demo");
     }
 
     /// Broken files and the message each must produce: file, line, column,
