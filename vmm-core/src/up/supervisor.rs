@@ -160,7 +160,7 @@ fn start_and_supervise(
     let mut vmm = Command::new(self_exe);
     vmm.arg("run").args(&plan.vmm_args);
     // SAFETY: the closure only calls prctl, which is async-signal-safe.
-    unsafe { vmm.pre_exec(|| die_with_parent()) };
+    unsafe { vmm.pre_exec(die_with_parent) };
     let mut vmm = vmm.spawn().map_err(|source| UpError::Spawn {
         name: "vmm".into(),
         binary: self_exe.to_path_buf(),
