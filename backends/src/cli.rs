@@ -9,16 +9,15 @@ use crate::listener::{self, ListenError, ListenOn};
 
 /// Arguments shared by every splitvm backend.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
-#[group(id = "socket", multiple = false)]
 pub struct CommonArgs {
     /// Path of the vhost-user unix socket to listen on (a stale one is replaced).
-    #[arg(long, value_name = "PATH", group = "socket")]
+    #[arg(long, value_name = "PATH", conflicts_with = "socket_fd")]
     pub socket_path: Option<PathBuf>,
 
     /// An inherited, listening unix socket to serve instead of a path (its
     /// path is never removed). Without either flag, systemd socket
     /// activation (LISTEN_FDS=1, LISTEN_PID, fd 3) is used.
-    #[arg(long, value_name = "N", group = "socket")]
+    #[arg(long, value_name = "N")]
     pub socket_fd: Option<i32>,
 
     /// Log level (error, warn, info, debug, trace, off); `RUST_LOG` overrides it.
@@ -52,7 +51,7 @@ mod tests {
             Wrap::try_parse_from(["x", "--socket-path", "/tmp/s", "--log-level", "debug"]).unwrap();
         assert_eq!(w.common.listen().unwrap(), ListenOn::Path("/tmp/s".into()));
         assert_eq!(w.common.log_level, LevelFilter::Debug);
-        let w = Wrap::try_parse_from(["x", "--socket-fd", "3"]).unwrap();
+        let w = Wrap::try_parse_from(["x", "--log-level", "warn", "--socket-fd", "3"]).unwrap();
         assert_eq!(w.common.listen().unwrap(), ListenOn::Fd(3));
         let both = Wrap::try_parse_from(["x", "--socket-fd", "3", "--socket-path", "/s"]);
         assert!(both.is_err(), "the two exclude each other");
