@@ -209,7 +209,8 @@ fn supervise(vmm: &mut Child, backends: &mut [Backend], signals: &mpsc::Receiver
 /// Notices a dead backend, schedules its restart, and restarts it when due.
 fn tend(b: &mut Backend) {
     let mut buf = [0u8; 256];
-    // READY messages of restarted backends: nobody waits for them.
+    // READY messages of restarted backends: nobody waits for them (the
+    // socket is non-blocking once the first backend was ready).
     while b.notify.recv(&mut buf).is_ok() {}
     if let Some(c) = b.child.as_mut() {
         let Ok(Some(st)) = c.try_wait() else { return };
@@ -334,6 +335,10 @@ fn wait_ready(
     loop {
         if let Ok(n) = b.notify.recv(&mut buf) {
             if buf[..n].split(|&c| c == b'\n').any(|l| l == b"READY=1") {
+                // From now on `tend` only drains it, without waiting.
+                if let Err(e) = b.notify.set_nonblocking(true) {
+                    warn!("{}: notify socket: {e}", b.plan.name);
+                }
                 info!(
                     "{}: {} ready on {}",
                     b.plan.name,
