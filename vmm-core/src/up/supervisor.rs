@@ -71,6 +71,7 @@ pub fn run(plan: &Plan, self_exe: &Path) -> Result<u8, UpError> {
             dir: dir.clone(),
             source,
         })?;
+    check_own_dir(dir)?;
     let lock = take_lock(plan)?;
     let signals = watch_signals()?;
     let mut backends = Vec::new();
@@ -94,6 +95,29 @@ pub fn run(plan: &Plan, self_exe: &Path) -> Result<u8, UpError> {
     // Last: `splitvm down` returns when the lock is free.
     drop(lock);
     result
+}
+
+/// The run directory may sit in a shared /tmp: use it only if it is a real
+/// directory of this user that nobody else may write.
+fn check_own_dir(dir: &Path) -> Result<(), UpError> {
+    use std::os::unix::fs::MetadataExt;
+    let bad = |why: &str| UpError::RunDir {
+        dir: dir.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::PermissionDenied, why.to_string()),
+    };
+    let m = fs::symlink_metadata(dir).map_err(|source| UpError::RunDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me {
+        return Err(bad("not a directory of this user"));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(bad("writable by others"));
+    }
+    Ok(())
 }
 
 fn take_lock(plan: &Plan) -> Result<File, UpError> {
