@@ -134,6 +134,8 @@ fn up_restarts_a_killed_backend_and_down_cleans_up() {
     // down: VMM first, then the backend, then the files.
     let (code, err) = down(&cfg);
     assert_eq!(code, 0, "{err}");
+    // The VMM took SIGTERM as a graceful shutdown: status 0, not killed.
+    vm.wait_for_line("VMM ended: exit status: 0", Duration::from_secs(60));
     let st = vm.wait_exit(Duration::from_secs(60));
     assert!(st.success(), "up after down: {st}\n{}", vm.dump());
     assert!(!alive(vmm_pid) && !alive(second));
@@ -198,4 +200,23 @@ fn up_bad_file_names_file_line_and_field() {
         "{lines:?}"
     );
     assert!(!dir.path().join("run").exists());
+}
+
+#[test]
+fn up_vmm_takes_sigterm_as_a_graceful_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    halting_guest(&kernel, b"TERM-READY\n");
+    let mut cmd = Command::new(splitvm_tests::bin_path("splitvm"));
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--memory", "64M"])
+        .env("RUST_LOG", "info");
+    let mut vm = ChildGuard::spawn("splitvm", cmd);
+    vm.wait_for_line("TERM-READY", Duration::from_secs(60));
+    vm.signal(libc::SIGTERM);
+    vm.wait_for_line("signal 15: shutting down", Duration::from_secs(10));
+    let st = vm.wait_exit(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(0), "{}", vm.dump());
 }
