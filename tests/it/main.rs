@@ -1,3 +1,4 @@
+mod activation;
 mod api;
 mod backend_cli;
 mod blk;
@@ -14,3 +15,4 @@ mod nested_lab;
 mod net_cli;
 mod net_hostile;
 mod net_qemu;
+mod up;
