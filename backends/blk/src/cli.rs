@@ -70,6 +70,7 @@ impl TryFrom<Args> for Config {
         serial[..s.len()].copy_from_slice(s);
         Ok(Config {
             socket_path: a.common.socket_path,
+            sandbox: a.common.sandbox,
             image: a.image,
             readonly: a.readonly,
             direct: a.direct,

@@ -79,6 +79,7 @@ impl TryFrom<Args> for Config {
         };
         Ok(Config {
             socket_path: a.common.socket_path,
+            sandbox: a.common.sandbox,
             source,
             max_queued_events: a.max_queued_events,
         })

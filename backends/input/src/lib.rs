@@ -37,6 +37,7 @@ use std::sync::Arc;
 
 use log::info;
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
+use splitvm_backends::sandbox::{self, SandboxError};
 
 use crate::evdev::{EvdevError, EvdevSource};
 use crate::event_socket::{EventSocket, EventSocketError};
@@ -70,6 +71,8 @@ pub enum Source {
 pub struct Config {
     /// vhost-user socket.
     pub socket_path: PathBuf,
+    /// `--sandbox`.
+    pub sandbox: sandbox::Mode,
     /// Event source.
     pub source: Source,
     /// Queue bound (events) while the guest has no buffers.
@@ -88,6 +91,9 @@ pub enum InputBackendError {
     /// The hub's eventfd could not be created.
     #[error("cannot create the event hub: {0}")]
     Hub(#[source] std::io::Error),
+    /// The sandbox could not be entered.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     /// The serve loop failed.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
@@ -96,6 +102,8 @@ pub enum InputBackendError {
 /// Opens the event source and serves frontends on `config.socket_path`
 /// until SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
+    let listener = daemon::listen(&config.socket_path)?;
+    let policy = sandbox_policy(&config);
     let mut socket = None;
     let hub = match &config.source {
         Source::Evdev { path, grab } => {
@@ -111,6 +119,7 @@ pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
                 EventHub::new(caps, config.max_queued_events).map_err(InputBackendError::Hub)?,
             );
             hub.set_sink(src.clone());
+            sandbox::enter(config.sandbox, &policy)?;
             src.start(hub.clone())?;
             hub
         }
@@ -124,7 +133,9 @@ pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
             let hub = Arc::new(
                 EventHub::new(caps, config.max_queued_events).map_err(InputBackendError::Hub)?,
             );
-            let s = EventSocket::start(event_socket, hub.clone())?;
+            let bound = EventSocket::bind(event_socket, hub.clone())?;
+            sandbox::enter(config.sandbox, &policy)?;
+            let s = bound.start()?;
             hub.set_sink(s.clone());
             socket = Some(s);
             hub
@@ -135,10 +146,48 @@ pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
         socket_path: config.socket_path.clone(),
         reconnect: true,
     };
-    let result = daemon::serve(&serve, || Ok(VhostUserInputBackend::new(hub.clone())));
+    let result = daemon::serve(&serve, listener, || {
+        Ok(VhostUserInputBackend::new(hub.clone()))
+    });
     if let Some(s) = socket {
         s.remove_file();
     }
     result?;
     Ok(())
+}
+
+/// What splitvm-input keeps once sandboxed: the evdev fd (evdev ioctls) or
+/// the event socket, the listener; reading and writing files only in the
+/// evdev device's directory (to open the device again after it is
+/// unplugged and plugged back: a new inode), no network, only the sockets'
+/// directories to remove them at exit.
+pub fn sandbox_policy(config: &Config) -> sandbox::Policy {
+    let mut rw_paths = Vec::new();
+    let mut remove_dirs = vec![sandbox::socket_dir(&config.socket_path)];
+    let mut main = Vec::new();
+    match &config.source {
+        Source::Evdev { path, .. } => {
+            rw_paths.push(sandbox::socket_dir(path));
+            main.push(libc::SYS_openat);
+        }
+        Source::Profile { event_socket, .. } => {
+            remove_dirs.push(sandbox::socket_dir(event_socket));
+        }
+    }
+    sandbox::Policy {
+        name: "splitvm-input",
+        new_netns: true,
+        read_paths: Vec::new(),
+        rw_paths,
+        remove_dirs,
+        max_files: 1024,
+        syscalls: sandbox::SyscallSet {
+            main,
+            // LEDs from the status queue go to event-socket clients.
+            worker: vec![libc::SYS_sendto],
+            // 'E': EVIOCG* (identity, capabilities), EVIOCGRAB.
+            ioctl_types: vec![b'E'],
+            worker_ioctls: false,
+        },
+    }
 }

@@ -107,6 +107,7 @@ impl TryFrom<Args> for Config {
         };
         Ok(Config {
             socket_path: a.common.socket_path,
+            sandbox: a.common.sandbox,
             tap,
             mac,
             queues,
