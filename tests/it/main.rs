@@ -13,3 +13,4 @@ mod nested_lab;
 mod net_cli;
 mod net_hostile;
 mod net_qemu;
+mod sandbox;

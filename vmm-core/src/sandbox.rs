@@ -132,6 +132,10 @@ const CONTROL: &[i64] = &[
     libc::SYS_fsync,
     libc::SYS_prctl,
     libc::SYS_seccomp,
+    // Swap resolves the new socket path (realpath).
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_getcwd,
 ];
 
 /// `_IOC_TYPE` of KVM's ioctls.
