@@ -160,3 +160,12 @@ pub fn selftest_forbidden_syscall() {
     }
     warn!("sandbox selftest: socket(AF_INET) returned {fd}: not killed");
 }
+
+/// The directory of a socket path (`.` for a bare name), for
+/// [`Policy::remove_dirs`].
+pub fn socket_dir(path: &std::path::Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
