@@ -145,15 +145,19 @@ where
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            for sig in signals.forever() {
-                #[cfg(feature = "sandbox-selftest")]
+            // Test builds: SIGHUP is the sandbox self-test, not a stop.
+            #[cfg(feature = "sandbox-selftest")]
+            let mut signals = signals.forever().filter(|&sig| {
                 if sig == signal_hook::consts::SIGHUP {
                     crate::sandbox::selftest_forbidden_syscall();
-                    continue;
                 }
+                sig != signal_hook::consts::SIGHUP
+            });
+            #[cfg(not(feature = "sandbox-selftest"))]
+            let mut signals = signals.forever();
+            if let Some(sig) = signals.next() {
                 info!("signal {sig}: stopping");
                 stop2.request();
-                break;
             }
         })
         .map_err(DaemonError::Signals)?;

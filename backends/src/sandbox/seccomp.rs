@@ -246,3 +246,54 @@ fn compile(
         .try_into()
         .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> SyscallSet {
+        SyscallSet {
+            main: vec![libc::SYS_openat],
+            worker: vec![libc::SYS_io_uring_enter],
+            ioctl_types: vec![b'T'],
+            worker_ioctls: false,
+        }
+    }
+
+    #[test]
+    fn every_worker_syscall_is_allowed_process_wide() {
+        // Filters stack: a syscall the process-wide list lacks kills a
+        // worker even if the worker's own list has it.
+        let s = set();
+        let main = s.numbers(ThreadKind::Main);
+        for nr in s.numbers(ThreadKind::Worker) {
+            assert!(main.contains(&nr), "syscall {nr}");
+        }
+        assert!(s.count(ThreadKind::Worker) < s.count(ThreadKind::Main));
+    }
+
+    #[test]
+    fn workers_get_no_sockets_threads_or_opens() {
+        let w = set().numbers(ThreadKind::Worker);
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_clone,
+            libc::SYS_openat,
+            libc::SYS_execve,
+            libc::SYS_mount,
+        ] {
+            assert!(!w.contains(&nr), "syscall {nr}");
+        }
+        let m = set().numbers(ThreadKind::Main);
+        assert!(!m.contains(&libc::SYS_execve) && !m.contains(&libc::SYS_ptrace));
+    }
+
+    #[test]
+    fn both_filters_compile() {
+        for kind in [ThreadKind::Main, ThreadKind::Worker] {
+            assert!(!build(&set(), kind).unwrap().is_empty());
+        }
+        assert!(!build_clone3_enosys().unwrap().is_empty());
+    }
+}
