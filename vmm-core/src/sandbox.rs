@@ -132,6 +132,10 @@ const CONTROL: &[i64] = &[
     libc::SYS_fsync,
     libc::SYS_prctl,
     libc::SYS_seccomp,
+    // Reconnects wait for the backend's socket to appear (inotify).
+    libc::SYS_inotify_init1,
+    libc::SYS_inotify_add_watch,
+    libc::SYS_inotify_rm_watch,
     // Swap resolves the new socket path (realpath).
     libc::SYS_readlink,
     libc::SYS_readlinkat,
