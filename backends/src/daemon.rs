@@ -1,14 +1,14 @@
 //! The one serve loop of every backend: bind the socket (replacing a stale
-//! one), serve one frontend with a [`VhostUserDaemon`], and after it goes
+//! one) or take an inherited one (see [`crate::listener`]), serve one frontend with a [`VhostUserDaemon`], and after it goes
 //! away listen again. SIGTERM or SIGINT ends the loop cleanly: the current
 //! connection is shut down, the vring workers are told to exit through their
-//! exit events and joined, the socket file is removed and [`serve`] returns
-//! `Ok(())`.
+//! exit events and joined, the socket file is removed (unless it was
+//! inherited: its owner removes it) and [`serve`] returns `Ok(())`.
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -25,20 +25,15 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::abi;
+use crate::listener::{self, Bound, ListenError, ListenOn};
 use crate::proxy::{Intercept, Proxy};
 
 /// Errors of the serve loop.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// The socket could not be bound.
-    #[error("cannot listen on {path}: {source}")]
-    Bind {
-        /// Socket path.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: vhost::vhost_user::Error,
-    },
+    /// The socket could not be bound or taken over.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     /// Signal handlers could not be installed.
     #[error("cannot install SIGTERM/SIGINT handlers: {0}")]
     Signals(#[source] io::Error),
@@ -85,8 +80,8 @@ pub trait Device:
 pub struct ServeConfig {
     /// Thread and log name of the daemon (`splitvm-blk`, ...).
     pub name: String,
-    /// Socket to listen on.
-    pub socket_path: PathBuf,
+    /// Socket to listen on: a path, or an inherited fd.
+    pub listen: ListenOn,
     /// Listen again after a frontend disconnects (the default); `false`
     /// serves one frontend and returns.
     pub reconnect: bool,
@@ -125,11 +120,11 @@ impl Stop {
 const EV_STOP: u64 = 0;
 const EV_ACCEPT: u64 = 1;
 
-/// Serves frontends on `cfg.socket_path` until SIGTERM/SIGINT (or, without
+/// Serves frontends on `cfg.listen` until SIGTERM/SIGINT (or, without
 /// `reconnect`, until the first frontend leaves). `make` builds a fresh
 /// device for every connection (the device may share state across them,
 /// such as an open image).
-pub fn serve<T, F>(cfg: &ServeConfig, listener: Listener, mut make: F) -> Result<(), DaemonError>
+pub fn serve<T, F>(cfg: &ServeConfig, bound: Bound, mut make: F) -> Result<(), DaemonError>
 where
     T: Device,
     F: FnMut() -> io::Result<T>,
@@ -162,7 +157,7 @@ where
         })
         .map_err(DaemonError::Signals)?;
 
-    let result = serve_loop(cfg, listener, &stop, &mut make);
+    let result = serve_loop(cfg, bound, &stop, &mut make);
     signals_handle.close();
     result
 }
@@ -174,19 +169,16 @@ const STOP_SIGNALS: [i32; 2] = [SIGTERM, SIGINT];
 #[cfg(feature = "sandbox-selftest")]
 const STOP_SIGNALS: [i32; 3] = [SIGTERM, SIGINT, signal_hook::consts::SIGHUP];
 
-/// Binds the vhost-user socket `path` (replacing a stale one). Backends
-/// call it before entering the sandbox; dropping the listener removes the
-/// socket file.
-pub fn listen(path: &Path) -> Result<Listener, DaemonError> {
-    Listener::new(path, true).map_err(|source| DaemonError::Bind {
-        path: path.to_path_buf(),
-        source,
-    })
+/// Binds the vhost-user socket (replacing a stale one) or takes the
+/// inherited one. Backends call it before entering the sandbox; dropping
+/// the listener removes the socket file if this process bound it.
+pub fn listen(on: &ListenOn) -> Result<Bound, DaemonError> {
+    Ok(listener::open(on)?)
 }
 
 fn serve_loop<T, F>(
     cfg: &ServeConfig,
-    mut listener: Listener,
+    bound: Bound,
     stop: &Stop,
     make: &mut F,
 ) -> Result<(), DaemonError>
@@ -194,6 +186,12 @@ where
     T: Device,
     F: FnMut() -> io::Result<T>,
 {
+    let mut listener = bound.listener;
+    let shown = match (&bound.path, &cfg.listen) {
+        (Some(p), _) => p.display().to_string(),
+        (None, ListenOn::Fd(fd)) => format!("inherited fd {fd}"),
+        (None, ListenOn::Path(p)) => p.display().to_string(),
+    };
     let epoll = Epoll::new().map_err(DaemonError::Poll)?;
     epoll
         .ctl(
@@ -209,7 +207,14 @@ where
             EpollEvent::new(EventSet::IN, EV_ACCEPT),
         )
         .map_err(DaemonError::Poll)?;
-    info!("listening on {}", cfg.socket_path.display());
+    if bound.inherited {
+        info!("listening on {shown} (inherited socket)");
+    } else {
+        info!("listening on {shown}");
+    }
+    if let Err(e) = listener::notify_ready() {
+        warn!("cannot notify NOTIFY_SOCKET: {e}");
+    }
 
     loop {
         if !wait_for_frontend(&epoll, stop)? {

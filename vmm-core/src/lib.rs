@@ -11,6 +11,7 @@ pub mod config;
 pub mod ctl;
 pub mod devices;
 pub mod sandbox;
+pub mod up;
 pub mod vhost_user;
 pub mod vmm;
 pub mod vstate;

@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use log::{info, warn};
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
+use splitvm_backends::listener::ListenOn;
 use splitvm_backends::sandbox::{self, SandboxError};
 
 use crate::blk::{ConfigSpace, DiskInfo, ID_BYTES, SECTOR_SIZE};
@@ -51,8 +52,8 @@ const SEG_MAX: u32 = 128;
 /// Everything `splitvm-blk` needs, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// vhost-user socket.
-    pub socket_path: PathBuf,
+    /// vhost-user socket: a path, or an inherited listening fd.
+    pub listen: ListenOn,
     /// `--sandbox`.
     pub sandbox: sandbox::Mode,
     /// Raw image: regular file or block device.
@@ -137,10 +138,10 @@ fn open_image(cfg: &Config) -> Result<(File, u64), BlkBackendError> {
     Ok((file, capacity))
 }
 
-/// Opens the image and serves frontends on `config.socket_path` until
+/// Opens the image and serves frontends on `config.listen` until
 /// SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), BlkBackendError> {
-    let listener = daemon::listen(&config.socket_path)?;
+    let listener = daemon::listen(&config.listen)?;
     let (file, capacity) = open_image(&config)?;
     let engine = io::probe(config.engine)?;
     info!(
@@ -184,7 +185,7 @@ pub fn start_backend(config: Config) -> Result<(), BlkBackendError> {
     );
     let serve = ServeConfig {
         name: "splitvm-blk".into(),
-        socket_path: config.socket_path.clone(),
+        listen: config.listen.clone(),
         reconnect: true,
     };
     sandbox::enter(config.sandbox, &sandbox_policy(&config))?;
@@ -203,7 +204,7 @@ pub fn sandbox_policy(config: &Config) -> sandbox::Policy {
         new_netns: true,
         read_paths: Vec::new(),
         rw_paths: Vec::new(),
-        remove_dirs: vec![sandbox::socket_dir(&config.socket_path)],
+        remove_dirs: sandbox::listen_dirs(&config.listen),
         max_files: 1024,
         syscalls: sandbox::SyscallSet {
             main: vec![

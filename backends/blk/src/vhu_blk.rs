@@ -30,9 +30,7 @@ use vm_memory::{
     GuestMemoryMmap,
 };
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::blk::{self, DiskInfo, Op, Request, Segment, MAX_SEGMENTS, S_IOERR, S_OK};
 use crate::inflight::{QueueTracker, Region};
@@ -116,6 +114,8 @@ pub(crate) struct Inner {
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     pub(crate) workers: Vec<Mutex<Worker>>,
     warn: RateLimit,
+    /// The workers' exit events (closed with this connection's backend).
+    exit: splitvm_backends::exit::ExitEvents,
 }
 
 /// See the module docs. Cheap to clone (an `Arc`).
@@ -144,6 +144,7 @@ impl VhostUserBlkBackend {
                 mem: RwLock::new(None),
                 workers,
                 warn: RateLimit::default(),
+                exit: Default::default(),
             }),
         })
     }
@@ -182,6 +183,7 @@ impl VhostUserBlkBackend {
             if event_idx {
                 let _ = vring.disable_notification();
             }
+            let mut popped = false;
             loop {
                 let chain = vring
                     .get_mut()
@@ -190,6 +192,7 @@ impl VhostUserBlkBackend {
                 let Some(chain) = chain else {
                     break;
                 };
+                popped = true;
                 used |= self.start_chain(q, w, vring, &mem, chain);
             }
             w.engine.commit();
@@ -197,9 +200,8 @@ impl VhostUserBlkBackend {
             if !event_idx {
                 break;
             }
-            match vring.enable_notification() {
-                Ok(true) => continue,
-                _ => break,
+            if !splitvm_backends::avail::enable_and_recheck(vring, popped) {
+                break;
             }
         }
         if used {
@@ -466,6 +468,7 @@ impl VhostUserBackend for VhostUserBlkBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        splitvm_backends::backing::check(&mem)?;
         *self
             .inner
             .mem
@@ -479,7 +482,7 @@ impl VhostUserBackend for VhostUserBlkBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        self.inner.exit.make()
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {

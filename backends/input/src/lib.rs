@@ -37,6 +37,7 @@ use std::sync::Arc;
 
 use log::info;
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
+use splitvm_backends::listener::ListenOn;
 use splitvm_backends::sandbox::{self, SandboxError};
 
 use crate::evdev::{EvdevError, EvdevSource};
@@ -69,8 +70,8 @@ pub enum Source {
 /// Everything `splitvm-input` needs, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// vhost-user socket.
-    pub socket_path: PathBuf,
+    /// vhost-user socket: a path, or an inherited listening fd.
+    pub listen: ListenOn,
     /// `--sandbox`.
     pub sandbox: sandbox::Mode,
     /// Event source.
@@ -99,10 +100,10 @@ pub enum InputBackendError {
     Daemon(#[from] DaemonError),
 }
 
-/// Opens the event source and serves frontends on `config.socket_path`
+/// Opens the event source and serves frontends on `config.listen`
 /// until SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
-    let listener = daemon::listen(&config.socket_path)?;
+    let listener = daemon::listen(&config.listen)?;
     let policy = sandbox_policy(&config);
     let mut socket = None;
     let hub = match &config.source {
@@ -143,7 +144,7 @@ pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
     };
     let serve = ServeConfig {
         name: "splitvm-input".into(),
-        socket_path: config.socket_path.clone(),
+        listen: config.listen.clone(),
         reconnect: true,
     };
     let result = daemon::serve(&serve, listener, || {
@@ -163,7 +164,7 @@ pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
 /// directories to remove them at exit.
 pub fn sandbox_policy(config: &Config) -> sandbox::Policy {
     let mut rw_paths = Vec::new();
-    let mut remove_dirs = vec![sandbox::socket_dir(&config.socket_path)];
+    let mut remove_dirs = sandbox::listen_dirs(&config.listen);
     let mut main = Vec::new();
     match &config.source {
         Source::Evdev { path, .. } => {

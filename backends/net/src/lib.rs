@@ -20,7 +20,6 @@ pub mod tap;
 pub mod vhu_net;
 
 use std::os::fd::RawFd;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -29,6 +28,7 @@ use log::info;
 use signal_hook::consts::{SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
+use splitvm_backends::listener::ListenOn;
 use splitvm_backends::sandbox::{self, SandboxError};
 
 use crate::device::{feature_names, NetDevice};
@@ -48,8 +48,8 @@ pub enum TapSource {
 /// Everything `splitvm-net` needs, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// vhost-user socket.
-    pub socket_path: PathBuf,
+    /// vhost-user socket: a path, or an inherited listening fd.
+    pub listen: ListenOn,
     /// `--sandbox`.
     pub sandbox: sandbox::Mode,
     /// The tap.
@@ -90,10 +90,10 @@ fn open_taps(cfg: &Config) -> Result<Vec<Tap>, TapError> {
     }
 }
 
-/// Opens the tap and serves frontends on `config.socket_path` until
+/// Opens the tap and serves frontends on `config.listen` until
 /// SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), NetBackendError> {
-    let listener = daemon::listen(&config.socket_path)?;
+    let listener = daemon::listen(&config.listen)?;
     let taps = open_taps(&config)?;
     let tap_offloads = taps.first().map_or(0, Tap::probe_offloads);
     let name = taps
@@ -131,7 +131,7 @@ pub fn start_backend(config: Config) -> Result<(), NetBackendError> {
 
     let serve = ServeConfig {
         name: "splitvm-net".into(),
-        socket_path: config.socket_path.clone(),
+        listen: config.listen.clone(),
         reconnect: true,
     };
     let mut connections = 0u64;
@@ -161,7 +161,7 @@ pub fn sandbox_policy(config: &Config) -> sandbox::Policy {
         new_netns: true,
         read_paths: Vec::new(),
         rw_paths: Vec::new(),
-        remove_dirs: vec![sandbox::socket_dir(&config.socket_path)],
+        remove_dirs: sandbox::listen_dirs(&config.listen),
         max_files: 1024,
         syscalls: sandbox::SyscallSet {
             main: Vec::new(),

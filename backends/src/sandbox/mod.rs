@@ -169,3 +169,13 @@ pub fn socket_dir(path: &std::path::Path) -> PathBuf {
         _ => PathBuf::from("."),
     }
 }
+
+/// The directory of the vhost-user socket when this process binds it (to
+/// remove the socket at exit); none for an inherited socket, which its
+/// owner removes.
+pub fn listen_dirs(on: &crate::listener::ListenOn) -> Vec<PathBuf> {
+    match on {
+        crate::listener::ListenOn::Path(p) => vec![socket_dir(p)],
+        crate::listener::ListenOn::Fd(_) => Vec::new(),
+    }
+}
