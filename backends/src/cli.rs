@@ -23,7 +23,10 @@ pub struct CommonArgs {
     /// Log level (error, warn, info, debug, trace, off); `RUST_LOG` overrides it.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: LevelFilter,
-    // `--sandbox on|off` joins here once seccomp filters exist.
+
+    /// Sandbox (namespaces, Landlock, no capabilities, seccomp): `off` is for debugging only.
+    #[arg(long, value_name = "on|off", value_enum, default_value = "on")]
+    pub sandbox: crate::sandbox::Mode,
 }
 
 impl CommonArgs {
@@ -51,6 +54,10 @@ mod tests {
             Wrap::try_parse_from(["x", "--socket-path", "/tmp/s", "--log-level", "debug"]).unwrap();
         assert_eq!(w.common.listen().unwrap(), ListenOn::Path("/tmp/s".into()));
         assert_eq!(w.common.log_level, LevelFilter::Debug);
+        assert_eq!(w.common.sandbox, crate::sandbox::Mode::On, "on by default");
+        let w = Wrap::try_parse_from(["x", "--socket-path", "/s", "--sandbox", "off"]).unwrap();
+        assert_eq!(w.common.sandbox, crate::sandbox::Mode::Off);
+        assert!(Wrap::try_parse_from(["x", "--socket-path", "/s", "--sandbox", "no"]).is_err());
         let w = Wrap::try_parse_from(["x", "--log-level", "warn", "--socket-fd", "3"]).unwrap();
         assert_eq!(w.common.listen().unwrap(), ListenOn::Fd(3));
         let both = Wrap::try_parse_from(["x", "--socket-fd", "3", "--socket-path", "/s"]);

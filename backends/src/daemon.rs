@@ -5,11 +5,9 @@
 //! exit events and joined, the socket file is removed (unless it was
 //! inherited: its owner removes it) and [`serve`] returns `Ok(())`.
 
-use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -26,7 +24,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::abi;
-use crate::listener::{self, ListenError, ListenOn};
+use crate::listener::{self, Bound, ListenError, ListenOn};
 use crate::proxy::{Intercept, Proxy};
 
 /// Errors of the serve loop.
@@ -125,7 +123,7 @@ const EV_ACCEPT: u64 = 1;
 /// `reconnect`, until the first frontend leaves). `make` builds a fresh
 /// device for every connection (the device may share state across them,
 /// such as an open image).
-pub fn serve<T, F>(cfg: &ServeConfig, mut make: F) -> Result<(), DaemonError>
+pub fn serve<T, F>(cfg: &ServeConfig, bound: Bound, mut make: F) -> Result<(), DaemonError>
 where
     T: Device,
     F: FnMut() -> io::Result<T>,
@@ -135,31 +133,58 @@ where
         event: EventFd::new(EFD_NONBLOCK).map_err(DaemonError::Poll)?,
         conn: Mutex::new(None),
     });
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
+    let mut signals = Signals::new(STOP_SIGNALS).map_err(DaemonError::Signals)?;
     let signals_handle = signals.handle();
     let stop2 = stop.clone();
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            // Test builds: SIGHUP is the sandbox self-test, not a stop.
+            #[cfg(feature = "sandbox-selftest")]
+            let mut signals = signals.forever().filter(|&sig| {
+                if sig == signal_hook::consts::SIGHUP {
+                    crate::sandbox::selftest_forbidden_syscall();
+                }
+                sig != signal_hook::consts::SIGHUP
+            });
+            #[cfg(not(feature = "sandbox-selftest"))]
+            let mut signals = signals.forever();
+            if let Some(sig) = signals.next() {
                 info!("signal {sig}: stopping");
                 stop2.request();
             }
         })
         .map_err(DaemonError::Signals)?;
 
-    let result = serve_loop(cfg, &stop, &mut make);
+    let result = serve_loop(cfg, bound, &stop, &mut make);
     signals_handle.close();
     result
 }
 
-fn serve_loop<T, F>(cfg: &ServeConfig, stop: &Stop, make: &mut F) -> Result<(), DaemonError>
+/// Signals that stop [`serve`]; test builds add `SIGHUP`, the trigger of
+/// the sandbox self-test.
+#[cfg(not(feature = "sandbox-selftest"))]
+const STOP_SIGNALS: [i32; 2] = [SIGTERM, SIGINT];
+#[cfg(feature = "sandbox-selftest")]
+const STOP_SIGNALS: [i32; 3] = [SIGTERM, SIGINT, signal_hook::consts::SIGHUP];
+
+/// Binds the vhost-user socket (replacing a stale one) or takes the
+/// inherited one. Backends call it before entering the sandbox; dropping
+/// the listener removes the socket file if this process bound it.
+pub fn listen(on: &ListenOn) -> Result<Bound, DaemonError> {
+    Ok(listener::open(on)?)
+}
+
+fn serve_loop<T, F>(
+    cfg: &ServeConfig,
+    bound: Bound,
+    stop: &Stop,
+    make: &mut F,
+) -> Result<(), DaemonError>
 where
     T: Device,
     F: FnMut() -> io::Result<T>,
 {
-    // Dropping the listener removes the socket file if this process bound it.
-    let bound = listener::open(&cfg.listen)?;
     let mut listener = bound.listener;
     let shown = match (&bound.path, &cfg.listen) {
         (Some(p), _) => p.display().to_string(),
@@ -189,7 +214,6 @@ where
     if let Err(e) = listener::notify_ready() {
         warn!("cannot notify NOTIFY_SOCKET: {e}");
     }
-    let private_base = private_socket_base(&cfg.name, bound.inherited, bound.path.as_deref());
 
     loop {
         if !wait_for_frontend(&epoll, stop)? {
@@ -210,7 +234,7 @@ where
                     .map_err(|e| DaemonError::Daemon(e.to_string()))?;
                 None
             }
-            Some(hook) => Some(start_proxied(&private_base, &listener, &mut daemon, hook)?),
+            Some(hook) => Some(start_proxied(&listener, &mut daemon, hook)?),
         };
         info!("frontend connected");
         stop.set_conn(daemon.shutdown_handle());
@@ -260,12 +284,13 @@ fn wait_for_frontend(epoll: &Epoll, stop: &Stop) -> Result<bool, DaemonError> {
     }
 }
 
-/// Accepts the frontend on `listener` itself, lets the daemon connect to a
-/// private socket next to it, and relays between the two through a
-/// [`Proxy`]. The private socket is removed as soon as the daemon is
-/// connected; a connection from any other process is refused.
+/// Accepts the frontend on `listener` itself, gives the daemon a private
+/// connection to this process, and relays between the two through a
+/// [`Proxy`]. The private connection goes through an abstract unix socket
+/// (no file system: the sandbox allows creating no socket files), which
+/// lives in the backend's own network namespace when it has one; a
+/// connection from any other process is detected and refused.
 fn start_proxied<T: Device>(
-    base: &Path,
     listener: &Listener,
     daemon: &mut VhostUserDaemon<T>,
     hook: Arc<dyn Intercept>,
@@ -277,51 +302,60 @@ fn start_proxied<T: Device>(
             Err(e) => return Err(DaemonError::Daemon(format!("accept: {e}"))),
         }
     };
-    let inner_path = inner_socket_path(base);
-    let _ = fs::remove_file(&inner_path);
-    let inner_listener = UnixListener::bind(&inner_path).map_err(DaemonError::Proxy)?;
-    let connected = match inner_path.to_str() {
-        Some(p) => daemon
-            .start_client(p)
-            .map_err(|e| DaemonError::Daemon(e.to_string()))
-            .and_then(|()| accept_own(&inner_listener).map_err(DaemonError::Proxy)),
-        None => Err(DaemonError::Proxy(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "socket path is not UTF-8",
-        ))),
-    };
-    let _ = fs::remove_file(&inner_path);
-    Proxy::start(frontend, connected?, hook).map_err(DaemonError::Proxy)
+    let (inner, mine) = private_pair().map_err(DaemonError::Proxy)?;
+    let mut inner = Listener::from(inner);
+    daemon
+        .start(&mut inner)
+        .map_err(|e| DaemonError::Daemon(e.to_string()))?;
+    check_own_accepted(&inner).map_err(DaemonError::Proxy)?;
+    drop(inner);
+    Proxy::start(frontend, mine, hook).map_err(DaemonError::Proxy)
 }
 
-/// Where the proxy's private socket goes: next to the socket, except for
-/// an inherited socket under systemd, whose directory the service may not
-/// write: there `$RUNTIME_DIRECTORY` (the unit's `RuntimeDirectory=`).
-fn private_socket_base(name: &str, inherited: bool, path: Option<&Path>) -> PathBuf {
-    let in_runtime_dir = std::env::var_os("RUNTIME_DIRECTORY")
-        .filter(|_| inherited)
-        .map(|d| PathBuf::from(d).join(format!("{name}.sock")));
-    in_runtime_dir
-        .or_else(|| path.map(Path::to_path_buf))
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("{name}.sock")))
+/// An abstract-namespace listener with this process already connected to it.
+fn private_pair() -> io::Result<(UnixListener, UnixStream)> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::SocketAddr;
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "splitvm-proxy.{}.{}.{nonce:08x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+    let l = UnixListener::bind_addr(&addr)?;
+    // A backlog of one: our connection, and nobody else's queued behind it.
+    // SAFETY: listen on a socket fd we own.
+    if unsafe { libc::listen(l.as_raw_fd(), 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mine = UnixStream::connect_addr(&addr)?;
+    Ok((l, mine))
 }
 
-/// `<socket>.<pid>.fwd`: the daemon's side of the proxy.
-fn inner_socket_path(socket: &Path) -> PathBuf {
-    let mut s = socket.as_os_str().to_owned();
-    s.push(format!(".{}.fwd", std::process::id()));
-    PathBuf::from(s)
-}
-
-/// Accepts the connection this process made, dropping any other.
-fn accept_own(listener: &UnixListener) -> io::Result<UnixStream> {
+/// After the daemon accepted: if a connection from this process is still
+/// waiting, the daemon took someone else's.
+fn check_own_accepted(listener: &Listener) -> io::Result<()> {
     let me = i32::try_from(std::process::id()).unwrap_or(-1);
-    loop {
-        let (s, _) = listener.accept()?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    while let Ok(Some(s)) = listener.accept() {
         match abi::peer_pid(&s) {
-            Ok(pid) if pid == me => return Ok(s),
+            Ok(pid) if pid == me => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "another process connected to the private proxy socket first",
+                ))
+            }
             Ok(pid) => warn!("refused a connection from pid {pid} on the private socket"),
             Err(e) => warn!("refused a connection on the private socket: {e}"),
         }
     }
+    Ok(())
 }

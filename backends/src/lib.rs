@@ -13,3 +13,4 @@ pub mod exit;
 pub mod listener;
 pub mod logging;
 pub mod proxy;
+pub mod sandbox;

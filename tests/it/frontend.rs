@@ -35,8 +35,8 @@ const VIRTQ_DESC_F_WRITE: u16 = 2;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 
 /// The guest side: registers through the bus interface, rings in memory.
-struct Driver {
-    t: Arc<Mutex<MmioTransport>>,
+pub(crate) struct Driver {
+    pub(crate) t: Arc<Mutex<MmioTransport>>,
     mem: GuestMemory,
     call: Arc<EventFd>,
     next_avail: u16,
@@ -54,7 +54,7 @@ impl Driver {
     }
 
     /// Feature negotiation and queue 0 setup, as Linux's virtio_mmio does.
-    fn init(&mut self) -> u64 {
+    pub(crate) fn init(&mut self) -> u64 {
         assert_eq!(self.r(0x000), 0x7472_6976, "magic");
         assert_eq!(self.r(0x004), 2, "modern virtio-mmio only");
         assert_eq!(self.r(0x008), 2, "block device");
@@ -104,13 +104,13 @@ impl Driver {
     }
 
     /// Submits a 3-descriptor blk request and waits for its completion.
-    fn request(&mut self, kind: u32, sector: u64, data: &mut [u8]) -> u8 {
+    pub(crate) fn request(&mut self, kind: u32, sector: u64, data: &mut [u8]) -> u8 {
         self.submit(kind, sector, data);
         self.complete(kind, data, Duration::from_secs(10))
     }
 
     /// Puts a request in the ring and notifies the device.
-    fn submit(&mut self, kind: u32, sector: u64, data: &[u8]) {
+    pub(crate) fn submit(&mut self, kind: u32, sector: u64, data: &[u8]) {
         self.put(kind, sector, data);
         // QueueNotify: in a VM this is an ioeventfd; the transport forwards it.
         self.w(0x050, 0);
@@ -149,7 +149,7 @@ impl Driver {
     }
 
     /// Waits until the used ring catches up with what was submitted.
-    fn complete(&mut self, kind: u32, data: &mut [u8], limit: Duration) -> u8 {
+    pub(crate) fn complete(&mut self, kind: u32, data: &mut [u8], limit: Duration) -> u8 {
         let m = self.mem.clone();
         let want = self.next_avail;
         let call = self.call.clone();
@@ -165,7 +165,7 @@ impl Driver {
     }
 }
 
-fn driver_for(socket: &Path) -> Driver {
+pub(crate) fn driver_for(socket: &Path) -> Driver {
     let (mem, _memfd) = create_guest_memory(64 << 20).expect("guest memory");
     let dev = VhostUserDevice::connect(
         DeviceKind::Block,
@@ -218,7 +218,7 @@ fn exercise(d: &mut Driver, image: &Path) {
     assert_eq!(&on_disk[100 * 512..101 * 512], &second[..]);
 }
 
-fn image(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn image(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("disk.img");
     std::fs::File::create(&p)
         .unwrap()

@@ -16,4 +16,5 @@ mod net_cli;
 mod net_dpdk;
 mod net_hostile;
 mod net_qemu;
+mod sandbox;
 mod up;

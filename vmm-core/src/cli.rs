@@ -83,6 +83,9 @@ pub struct RunArgs {
     /// splitvm waits forever and the guest never notices.
     #[arg(long)]
     pub reconnect_timeout: Option<u64>,
+    /// Sandbox (no_new_privs, Landlock, seccomp): `off` is for debugging only.
+    #[arg(long, value_name = "on|off", value_enum, default_value = "on")]
+    pub sandbox: crate::sandbox::Mode,
 }
 
 /// Parses `socket=PATH`, the one key a device argument has today.

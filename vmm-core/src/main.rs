@@ -55,6 +55,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: vmm_core::cli::RunArgs) -> ExitCode {
+    let sandbox = args.sandbox;
     let cfg = match VmConfig::try_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -62,6 +63,12 @@ fn run(args: vmm_core::cli::RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Before any thread: Landlock binds the calling thread and its later
+    // threads only.
+    if let Err(e) = vmm_core::sandbox::restrict_files(sandbox, &cfg) {
+        eprintln!("splitvm: error: sandbox: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     let mut vmm = match Vmm::build(&cfg) {
         Ok(v) => v,
         Err(e) => {
@@ -85,6 +92,13 @@ fn run(args: vmm_core::cli::RunArgs) -> ExitCode {
         },
         None => None,
     };
+    match vmm_core::sandbox::restrict_syscalls(sandbox) {
+        Ok(vcpu) => vmm.set_vcpu_filter(vcpu),
+        Err(e) => {
+            eprintln!("splitvm: error: sandbox: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
     let code = match vmm.run() {
         Ok(VmExitEvent::Reset | VmExitEvent::Shutdown | VmExitEvent::Killed) => ExitCode::SUCCESS,
         Ok(ev) => {

@@ -119,6 +119,8 @@ pub struct Vmm {
     vcpus: Vec<Vcpu>,
     exit: ExitSignal,
     serial: Arc<Mutex<SerialDevice>>,
+    /// Installed by each vCPU thread before it first enters the guest.
+    vcpu_filter: Option<Arc<seccompiler::BpfProgram>>,
 }
 
 fn serial_output(target: &SerialTarget) -> Result<Box<dyn Write + Send>, VmmError> {
@@ -256,6 +258,7 @@ impl Vmm {
             vcpus,
             exit,
             serial,
+            vcpu_filter: None,
         })
     }
 
@@ -270,15 +273,27 @@ impl Vmm {
         self.handle.clone()
     }
 
+    /// The seccomp filter each vCPU thread installs as it starts
+    /// (`None`: no filter of its own).
+    pub fn set_vcpu_filter(&mut self, filter: Option<seccompiler::BpfProgram>) {
+        self.vcpu_filter = filter.map(Arc::new);
+    }
+
     pub fn run(&mut self) -> Result<VmExitEvent, VmmError> {
         if let Err(e) = install_kick_handler() {
             log::warn!("no vCPU kick signal ({e}): pausing will not work");
         }
         for mut vcpu in std::mem::take(&mut self.vcpus) {
             let name = format!("vcpu{}", vcpu.id());
+            let filter = self.vcpu_filter.clone();
             let h = thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
+                    if let Some(f) = filter {
+                        if let Err(e) = seccompiler::apply_filter(&f) {
+                            log::warn!("vcpu{}: seccomp filter not installed: {e}", vcpu.id());
+                        }
+                    }
                     let ev = vcpu.run();
                     log::debug!("vcpu{} stopped: {ev}", vcpu.id());
                 })

@@ -77,6 +77,7 @@ impl TryFrom<Args> for Config {
         serial[..s.len()].copy_from_slice(s);
         Ok(Config {
             listen,
+            sandbox: a.common.sandbox,
             image: a.image,
             readonly: a.readonly,
             direct: a.direct,

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use log::{info, warn};
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
 use splitvm_backends::listener::ListenOn;
+use splitvm_backends::sandbox::{self, SandboxError};
 
 use crate::blk::{ConfigSpace, DiskInfo, ID_BYTES, SECTOR_SIZE};
 use crate::io::EngineKind;
@@ -53,6 +54,8 @@ const SEG_MAX: u32 = 128;
 pub struct Config {
     /// vhost-user socket: a path, or an inherited listening fd.
     pub listen: ListenOn,
+    /// `--sandbox`.
+    pub sandbox: sandbox::Mode,
     /// Raw image: regular file or block device.
     pub image: PathBuf,
     /// Refuse writes and advertise `VIRTIO_BLK_F_RO`.
@@ -96,6 +99,9 @@ pub enum BlkBackendError {
     /// The I/O engine could not be set up.
     #[error(transparent)]
     Io(#[from] io::IoError),
+    /// The sandbox could not be entered.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     /// The serve loop failed.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
@@ -135,6 +141,7 @@ fn open_image(cfg: &Config) -> Result<(File, u64), BlkBackendError> {
 /// Opens the image and serves frontends on `config.listen` until
 /// SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), BlkBackendError> {
+    let listener = daemon::listen(&config.listen)?;
     let (file, capacity) = open_image(&config)?;
     let engine = io::probe(config.engine)?;
     info!(
@@ -181,8 +188,38 @@ pub fn start_backend(config: Config) -> Result<(), BlkBackendError> {
         listen: config.listen.clone(),
         reconnect: true,
     };
-    daemon::serve(&serve, || {
+    sandbox::enter(config.sandbox, &sandbox_policy(&config))?;
+    daemon::serve(&serve, listener, || {
         VhostUserBlkBackend::new(disk.clone()).map_err(std::io::Error::other)
     })?;
     Ok(())
+}
+
+/// What splitvm-blk keeps once sandboxed: the open image, the listener, its
+/// io_uring rings; no file opens at all (the image is open already), no
+/// network, only the socket's directory to remove the socket at exit.
+pub fn sandbox_policy(config: &Config) -> sandbox::Policy {
+    sandbox::Policy {
+        name: "splitvm-blk",
+        new_netns: true,
+        read_paths: Vec::new(),
+        rw_paths: Vec::new(),
+        remove_dirs: sandbox::listen_dirs(&config.listen),
+        max_files: 1024,
+        syscalls: sandbox::SyscallSet {
+            main: vec![
+                libc::SYS_io_uring_setup,
+                libc::SYS_io_uring_register,
+                libc::SYS_fallocate,
+            ],
+            worker: vec![
+                libc::SYS_io_uring_enter,
+                libc::SYS_fsync,
+                libc::SYS_fdatasync,
+                libc::SYS_fallocate,
+            ],
+            ioctl_types: Vec::new(),
+            worker_ioctls: false,
+        },
+    }
 }

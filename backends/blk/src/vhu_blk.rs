@@ -513,6 +513,8 @@ impl VhostUserBackend for VhostUserBlkBackend {
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
+        // Vring workers run only here: the first event installs their filter.
+        splitvm_backends::sandbox::enter_worker();
         let (Some(vring), Some(w)) = (vrings.first(), self.inner.workers.get(thread_id)) else {
             return Ok(());
         };

@@ -86,6 +86,7 @@ impl TryFrom<Args> for Config {
         };
         Ok(Config {
             listen,
+            sandbox: a.common.sandbox,
             source,
             max_queued_events: a.max_queued_events,
         })

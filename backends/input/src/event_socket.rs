@@ -58,6 +58,26 @@ impl Client {
     }
 }
 
+/// An event socket bound but not accepting yet.
+pub struct BoundEventSocket {
+    me: Arc<EventSocket>,
+    listener: UnixListener,
+}
+
+impl BoundEventSocket {
+    /// Starts the accepting thread.
+    pub fn start(self) -> Result<Arc<EventSocket>, EventSocketError> {
+        let acceptor = self.me.clone();
+        let listener = self.listener;
+        thread::Builder::new()
+            .name("event-socket".into())
+            .spawn(move || acceptor.accept_loop(&listener))
+            .map_err(EventSocketError::Thread)?;
+        info!("event socket listening on {}", self.me.path.display());
+        Ok(self.me)
+    }
+}
+
 /// The listening event socket.
 pub struct EventSocket {
     path: PathBuf,
@@ -74,6 +94,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl EventSocket {
     /// Binds `path` (replacing a stale socket) and starts accepting.
     pub fn start(path: &Path, hub: Arc<EventHub>) -> Result<Arc<Self>, EventSocketError> {
+        Self::bind(path, hub)?.start()
+    }
+
+    /// Binds `path` (replacing a stale socket); [`BoundEventSocket::start`]
+    /// starts accepting (after the backend entered its sandbox).
+    pub fn bind(path: &Path, hub: Arc<EventHub>) -> Result<BoundEventSocket, EventSocketError> {
         if let Ok(m) = std::fs::symlink_metadata(path) {
             if !m.file_type().is_socket() {
                 return Err(EventSocketError::NotASocket(path.to_path_buf()));
@@ -91,13 +117,7 @@ impl EventSocket {
             touch: Mutex::new(TouchState::default()),
             next_id: AtomicU64::new(1),
         });
-        let acceptor = me.clone();
-        thread::Builder::new()
-            .name("event-socket".into())
-            .spawn(move || acceptor.accept_loop(&listener))
-            .map_err(EventSocketError::Thread)?;
-        info!("event socket listening on {}", path.display());
-        Ok(me)
+        Ok(BoundEventSocket { me, listener })
     }
 
     fn accept_loop(self: Arc<Self>, listener: &UnixListener) {

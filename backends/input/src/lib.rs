@@ -38,6 +38,7 @@ use std::sync::Arc;
 use log::info;
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
 use splitvm_backends::listener::ListenOn;
+use splitvm_backends::sandbox::{self, SandboxError};
 
 use crate::evdev::{EvdevError, EvdevSource};
 use crate::event_socket::{EventSocket, EventSocketError};
@@ -71,6 +72,8 @@ pub enum Source {
 pub struct Config {
     /// vhost-user socket: a path, or an inherited listening fd.
     pub listen: ListenOn,
+    /// `--sandbox`.
+    pub sandbox: sandbox::Mode,
     /// Event source.
     pub source: Source,
     /// Queue bound (events) while the guest has no buffers.
@@ -89,6 +92,9 @@ pub enum InputBackendError {
     /// The hub's eventfd could not be created.
     #[error("cannot create the event hub: {0}")]
     Hub(#[source] std::io::Error),
+    /// The sandbox could not be entered.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     /// The serve loop failed.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
@@ -97,6 +103,8 @@ pub enum InputBackendError {
 /// Opens the event source and serves frontends on `config.listen`
 /// until SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
+    let listener = daemon::listen(&config.listen)?;
+    let policy = sandbox_policy(&config);
     let mut socket = None;
     let hub = match &config.source {
         Source::Evdev { path, grab } => {
@@ -112,6 +120,7 @@ pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
                 EventHub::new(caps, config.max_queued_events).map_err(InputBackendError::Hub)?,
             );
             hub.set_sink(src.clone());
+            sandbox::enter(config.sandbox, &policy)?;
             src.start(hub.clone())?;
             hub
         }
@@ -125,7 +134,9 @@ pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
             let hub = Arc::new(
                 EventHub::new(caps, config.max_queued_events).map_err(InputBackendError::Hub)?,
             );
-            let s = EventSocket::start(event_socket, hub.clone())?;
+            let bound = EventSocket::bind(event_socket, hub.clone())?;
+            sandbox::enter(config.sandbox, &policy)?;
+            let s = bound.start()?;
             hub.set_sink(s.clone());
             socket = Some(s);
             hub
@@ -136,10 +147,48 @@ pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
         listen: config.listen.clone(),
         reconnect: true,
     };
-    let result = daemon::serve(&serve, || Ok(VhostUserInputBackend::new(hub.clone())));
+    let result = daemon::serve(&serve, listener, || {
+        Ok(VhostUserInputBackend::new(hub.clone()))
+    });
     if let Some(s) = socket {
         s.remove_file();
     }
     result?;
     Ok(())
+}
+
+/// What splitvm-input keeps once sandboxed: the evdev fd (evdev ioctls) or
+/// the event socket, the listener; reading and writing files only in the
+/// evdev device's directory (to open the device again after it is
+/// unplugged and plugged back: a new inode), no network, only the sockets'
+/// directories to remove them at exit.
+pub fn sandbox_policy(config: &Config) -> sandbox::Policy {
+    let mut rw_paths = Vec::new();
+    let mut remove_dirs = sandbox::listen_dirs(&config.listen);
+    let mut main = Vec::new();
+    match &config.source {
+        Source::Evdev { path, .. } => {
+            rw_paths.push(sandbox::socket_dir(path));
+            main.push(libc::SYS_openat);
+        }
+        Source::Profile { event_socket, .. } => {
+            remove_dirs.push(sandbox::socket_dir(event_socket));
+        }
+    }
+    sandbox::Policy {
+        name: "splitvm-input",
+        new_netns: true,
+        read_paths: Vec::new(),
+        rw_paths,
+        remove_dirs,
+        max_files: 1024,
+        syscalls: sandbox::SyscallSet {
+            main,
+            // LEDs from the status queue go to event-socket clients.
+            worker: vec![libc::SYS_sendto],
+            // 'E': EVIOCG* (identity, capabilities), EVIOCGRAB.
+            ioctl_types: vec![b'E'],
+            worker_ioctls: false,
+        },
+    }
 }

@@ -363,6 +363,8 @@ impl VhostUserBackend for VhostUserInputBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        // Vring workers run only here: the first event installs their filter.
+        splitvm_backends::sandbox::enter_worker();
         let (Some(eventq), Some(statusq)) = (vrings.first(), vrings.get(1)) else {
             return Ok(());
         };

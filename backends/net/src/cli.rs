@@ -114,6 +114,7 @@ impl TryFrom<Args> for Config {
         };
         Ok(Config {
             listen,
+            sandbox: a.common.sandbox,
             tap,
             mac,
             queues,

@@ -29,6 +29,7 @@ use signal_hook::consts::{SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
 use splitvm_backends::listener::ListenOn;
+use splitvm_backends::sandbox::{self, SandboxError};
 
 use crate::device::{feature_names, NetDevice};
 use crate::net::Counters;
@@ -49,6 +50,8 @@ pub enum TapSource {
 pub struct Config {
     /// vhost-user socket: a path, or an inherited listening fd.
     pub listen: ListenOn,
+    /// `--sandbox`.
+    pub sandbox: sandbox::Mode,
     /// The tap.
     pub tap: TapSource,
     /// MAC in the config space.
@@ -72,6 +75,9 @@ pub enum NetBackendError {
     /// The link-control signal handlers could not be installed.
     #[error("cannot install SIGUSR1/SIGUSR2 handlers: {0}")]
     Signals(#[source] std::io::Error),
+    /// The sandbox could not be entered.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     /// The serve loop failed.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
@@ -87,6 +93,7 @@ fn open_taps(cfg: &Config) -> Result<Vec<Tap>, TapError> {
 /// Opens the tap and serves frontends on `config.listen` until
 /// SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), NetBackendError> {
+    let listener = daemon::listen(&config.listen)?;
     let taps = open_taps(&config)?;
     let tap_offloads = taps.first().map_or(0, Tap::probe_offloads);
     let name = taps
@@ -109,6 +116,7 @@ pub fn start_backend(config: Config) -> Result<(), NetBackendError> {
     );
     info!("offering virtio features {}", feature_names(dev.features()));
 
+    sandbox::enter(config.sandbox, &sandbox_policy(&config))?;
     let mut signals = Signals::new([SIGUSR1, SIGUSR2]).map_err(NetBackendError::Signals)?;
     let link_handle = signals.handle();
     let dev2 = dev.clone();
@@ -127,7 +135,7 @@ pub fn start_backend(config: Config) -> Result<(), NetBackendError> {
         reconnect: true,
     };
     let mut connections = 0u64;
-    let result = daemon::serve(&serve, || {
+    let result = daemon::serve(&serve, listener, || {
         if connections > 0 {
             info!("counters: {}", dev.counters);
         }
@@ -141,4 +149,26 @@ pub fn start_backend(config: Config) -> Result<(), NetBackendError> {
     info!("counters: {}", dev.counters);
     result?;
     Ok(())
+}
+
+/// What splitvm-net keeps once sandboxed: the tap fds (tun ioctls on them),
+/// the listener; no file opens, a network namespace of its own (the tap
+/// fds keep working: they belong to the host's), only the socket's
+/// directory to remove the socket at exit.
+pub fn sandbox_policy(config: &Config) -> sandbox::Policy {
+    sandbox::Policy {
+        name: "splitvm-net",
+        new_netns: true,
+        read_paths: Vec::new(),
+        rw_paths: Vec::new(),
+        remove_dirs: sandbox::listen_dirs(&config.listen),
+        max_files: 1024,
+        syscalls: sandbox::SyscallSet {
+            main: Vec::new(),
+            worker: Vec::new(),
+            // 'T': TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNSETQUEUE, TUNGETIFF.
+            ioctl_types: vec![b'T'],
+            worker_ioctls: true,
+        },
+    }
 }

@@ -448,6 +448,8 @@ impl VhostUserBackend for VhostUserNetBackend {
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
+        // Vring workers run only here: the first event installs their filter.
+        splitvm_backends::sandbox::enter_worker();
         let (Some(rx), Some(tx)) = (vrings.first(), vrings.get(1)) else {
             return Ok(());
         };

@@ -1,0 +1,299 @@
+//! The seccomp allowlists of the backends, by thread kind. Syscalls are
+//! named by number (`libc::SYS_*`, x86_64); `ioctl` is limited to a few
+//! generic requests plus the request types (`_IOC_TYPE`) the backend's
+//! devices use, `socket` to `AF_UNIX`, `prctl` to naming a thread and
+//! `no_new_privs`, `seccomp` to adding a filter, `clone`
+//! to threads (`CLONE_THREAD`: no child processes). Any other syscall kills
+//! the whole process (`SECCOMP_RET_KILL_PROCESS`). `clone3`, whose flags a
+//! filter cannot read, fails with `ENOSYS` through a second filter
+//! ([`build_clone3_enosys`]), so the C library falls back to `clone`.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use super::SandboxError;
+
+/// Which threads a filter is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The process-wide filter: the main thread (accepting frontends), the
+    /// vhost-user message thread, the proxy, signal and event threads, and
+    /// the union of everything the other kinds need.
+    Main,
+    /// A vring worker: reads rings in guest memory, does the device I/O,
+    /// signals eventfds. No sockets, no files, no threads, no mappings of
+    /// new fds.
+    Worker,
+}
+
+/// Syscalls every thread needs: memory, futexes, eventfd and fd I/O,
+/// epoll, time, exiting, and what the Rust runtime does on a panic.
+const COMMON: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_close,
+    libc::SYS_futex,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_epoll_ctl,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_mprotect,
+    libc::SYS_brk,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_sched_yield,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_getrandom,
+    libc::SYS_fcntl,
+    libc::SYS_lseek,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_rseq,
+];
+
+/// What only the process-wide filter allows on top of [`COMMON`]: the
+/// control plane (accepting frontends, vhost-user messages with fds,
+/// mapping guest memory, the inflight memfd, the proxy's private socket),
+/// threads, signal handlers and removing the sockets at exit.
+const MAIN: &[i64] = &[
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_socketpair,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_connect,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_shutdown,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_eventfd2,
+    libc::SYS_epoll_create1,
+    libc::SYS_pipe2,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_rt_sigaction,
+    libc::SYS_memfd_create,
+    libc::SYS_ftruncate,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+];
+
+/// `ioctl` requests any thread may make: `FIONBIO` (std's
+/// `set_nonblocking`), `FIOCLEX`/`FIONCLEX`, `TCGETS` (is stderr a tty).
+const IOCTL_GENERIC: &[u32] = &[0x5421, 0x5451, 0x5450, 0x5401];
+
+/// `seccomp(2)` operation that adds a filter.
+const SECCOMP_SET_MODE_FILTER: u64 = 1;
+
+/// One backend's syscalls on top of the common lists.
+#[derive(Debug, Clone, Default)]
+pub struct SyscallSet {
+    /// Extra syscalls for the process-wide filter.
+    pub main: Vec<i64>,
+    /// Extra syscalls for vring workers (also added to the process-wide
+    /// filter, which must allow everything any thread does).
+    pub worker: Vec<i64>,
+    /// `_IOC_TYPE` bytes of device ioctls (`'T'` tun, `'E'` evdev), for
+    /// the threads that may make them.
+    pub ioctl_types: Vec<u8>,
+    /// Whether vring workers make device ioctls.
+    pub worker_ioctls: bool,
+}
+
+impl SyscallSet {
+    fn numbers(&self, kind: ThreadKind) -> Vec<i64> {
+        let mut v: Vec<i64> = COMMON.to_vec();
+        v.extend(&self.worker);
+        if kind == ThreadKind::Main {
+            v.extend(MAIN);
+            v.extend(&self.main);
+            v.extend([
+                libc::SYS_socket,
+                libc::SYS_prctl,
+                libc::SYS_clone,
+                libc::SYS_seccomp,
+            ]);
+        }
+        v.push(libc::SYS_ioctl);
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// How many syscalls a thread of this kind may make.
+    pub fn count(&self, kind: ThreadKind) -> usize {
+        self.numbers(kind).len()
+    }
+}
+
+fn cond(arg: u8, op: SeccompCmpOp, val: u64) -> Result<SeccompCondition, SandboxError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, val)
+        .map_err(|e| SandboxError::Seccomp(e.to_string()))
+}
+
+fn rule(c: SeccompCondition) -> Result<SeccompRule, SandboxError> {
+    SeccompRule::new(vec![c]).map_err(|e| SandboxError::Seccomp(e.to_string()))
+}
+
+/// Compiles the filter of one thread kind.
+pub fn build(set: &SyscallSet, kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for nr in set.numbers(kind) {
+        rules.insert(nr, Vec::new());
+    }
+    let mut ioctl = Vec::new();
+    for &req in IOCTL_GENERIC {
+        ioctl.push(rule(cond(1, SeccompCmpOp::Eq, u64::from(req))?)?);
+    }
+    if kind == ThreadKind::Main || set.worker_ioctls {
+        for &t in &set.ioctl_types {
+            ioctl.push(rule(cond(
+                1,
+                SeccompCmpOp::MaskedEq(0xff00),
+                u64::from(t) << 8,
+            )?)?);
+        }
+    }
+    rules.insert(libc::SYS_ioctl, ioctl);
+    if kind == ThreadKind::Main {
+        rules.insert(
+            libc::SYS_socket,
+            vec![rule(cond(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?)?],
+        );
+        // Naming threads; no_new_privs and adding filters only tighten
+        // (a vring worker adds its own filter on its first event).
+        rules.insert(
+            libc::SYS_prctl,
+            vec![
+                rule(cond(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?)?,
+                rule(cond(0, SeccompCmpOp::Eq, libc::PR_SET_NO_NEW_PRIVS as u64)?)?,
+            ],
+        );
+        rules.insert(
+            libc::SYS_seccomp,
+            vec![rule(cond(0, SeccompCmpOp::Eq, SECCOMP_SET_MODE_FILTER)?)?],
+        );
+    }
+    if kind == ThreadKind::Main {
+        let thread = libc::CLONE_THREAD as u64;
+        rules.insert(
+            libc::SYS_clone,
+            vec![rule(cond(0, SeccompCmpOp::MaskedEq(thread), thread)?)?],
+        );
+    }
+    compile(rules, SeccompAction::KillProcess, SeccompAction::Allow)
+}
+
+/// `clone3` → `ENOSYS`, everything else allowed: stacked on the main
+/// filter (the kernel applies the strictest verdict of all filters), it
+/// turns `clone3` into a failure the C library answers with `clone`.
+pub fn build_clone3_enosys() -> Result<BpfProgram, SandboxError> {
+    let mut rules = BTreeMap::new();
+    rules.insert(libc::SYS_clone3, Vec::new());
+    compile(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+    )
+}
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, SandboxError> {
+    let filter = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> SyscallSet {
+        SyscallSet {
+            main: vec![libc::SYS_openat],
+            worker: vec![libc::SYS_io_uring_enter],
+            ioctl_types: vec![b'T'],
+            worker_ioctls: false,
+        }
+    }
+
+    #[test]
+    fn every_worker_syscall_is_allowed_process_wide() {
+        // Filters stack: a syscall the process-wide list lacks kills a
+        // worker even if the worker's own list has it.
+        let s = set();
+        let main = s.numbers(ThreadKind::Main);
+        for nr in s.numbers(ThreadKind::Worker) {
+            assert!(main.contains(&nr), "syscall {nr}");
+        }
+        assert!(s.count(ThreadKind::Worker) < s.count(ThreadKind::Main));
+    }
+
+    #[test]
+    fn workers_get_no_sockets_threads_or_opens() {
+        let w = set().numbers(ThreadKind::Worker);
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_clone,
+            libc::SYS_openat,
+            libc::SYS_execve,
+            libc::SYS_mount,
+        ] {
+            assert!(!w.contains(&nr), "syscall {nr}");
+        }
+        let m = set().numbers(ThreadKind::Main);
+        assert!(!m.contains(&libc::SYS_execve) && !m.contains(&libc::SYS_ptrace));
+    }
+
+    #[test]
+    fn both_filters_compile() {
+        for kind in [ThreadKind::Main, ThreadKind::Worker] {
+            assert!(!build(&set(), kind).unwrap().is_empty());
+        }
+        assert!(!build_clone3_enosys().unwrap().is_empty());
+    }
+}

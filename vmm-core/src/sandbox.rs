@@ -1,0 +1,334 @@
+//! The VMM's sandbox (`--sandbox on`, the default). Before the VMM starts
+//! any thread: `no_new_privs` and a Landlock ruleset (files: read the
+//! kernel and initrd, read and write `/dev/kvm` and the serial file, create
+//! and remove the API socket in its directory; no TCP). Once every thread
+//! of the control plane exists: a process-wide seccomp allowlist (API,
+//! control, device monitors, backend requests, stdin), installed on all
+//! threads at once, and a tighter one each vCPU thread adds as it starts.
+//! Any other syscall kills the process (`SIGSYS`). Connecting to the
+//! backends' sockets (also new ones given to `swap` at run time) needs no
+//! Landlock right: Landlock does not restrict `connect(2)` on unix sockets.
+//! A layer the kernel refuses is reported once with `warn!`.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, ABI,
+};
+use log::{info, warn};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::config::{SerialTarget, VmConfig};
+
+/// `--sandbox on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Mode {
+    /// `no_new_privs`, Landlock and seccomp where the kernel has them.
+    #[default]
+    On,
+    /// None of them: for debugging only.
+    Off,
+}
+
+/// Errors setting up a layer the kernel supports.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("no_new_privs: {0}")]
+    NoNewPrivs(#[source] std::io::Error),
+    #[error("landlock: {0}")]
+    Landlock(String),
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+    #[error("serial file {path}: {source}")]
+    Serial {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Syscalls of every VMM thread.
+const COMMON: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_futex,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_mprotect,
+    libc::SYS_brk,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_sched_yield,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_getrandom,
+    libc::SYS_fcntl,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_rseq,
+    libc::SYS_ioctl,
+    // vCPUs write device registers that send vhost-user messages (with
+    // eventfds) to the backends.
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_eventfd2,
+];
+
+/// On top of [`COMMON`], for the control plane: the API socket, reconnects
+/// and swaps (new connections, memory table with the guest memfd), device
+/// monitors, threads, the kick signal handler, removing the API socket.
+const CONTROL: &[i64] = &[
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_connect,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_shutdown,
+    libc::SYS_epoll_create1,
+    libc::SYS_pipe2,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_rt_sigaction,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_lseek,
+    libc::SYS_fsync,
+    libc::SYS_prctl,
+    libc::SYS_seccomp,
+    // Reconnects wait for the backend's socket to appear (inotify).
+    libc::SYS_inotify_init1,
+    libc::SYS_inotify_add_watch,
+    libc::SYS_inotify_rm_watch,
+    // Swap resolves the new socket path (realpath).
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_getcwd,
+];
+
+/// `_IOC_TYPE` of KVM's ioctls.
+const KVMIO: u64 = 0xAE;
+
+/// The thread kinds of the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// Every thread but the vCPUs (process-wide filter).
+    Control,
+    /// A vCPU thread.
+    Vcpu,
+}
+
+fn numbers(kind: ThreadKind) -> Vec<i64> {
+    let mut v = COMMON.to_vec();
+    if kind == ThreadKind::Control {
+        v.extend(CONTROL);
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// How many syscalls a thread of `kind` may make.
+pub fn syscall_count(kind: ThreadKind) -> usize {
+    numbers(kind).len()
+}
+
+fn cond(arg: u8, op: SeccompCmpOp, val: u64) -> Result<SeccompRule, SandboxError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, val)
+        .and_then(|c| SeccompRule::new(vec![c]))
+        .map_err(|e| SandboxError::Seccomp(e.to_string()))
+}
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, SandboxError> {
+    SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+        .map_err(|e| SandboxError::Seccomp(e.to_string()))?
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
+}
+
+/// The allowlist of one thread kind.
+pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        numbers(kind).into_iter().map(|n| (n, Vec::new())).collect();
+    // ioctl: KVM's, terminal ones ('T': raw mode for the serial console,
+    // FIONBIO, FIOCLEX) and nothing else.
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![
+            cond(1, SeccompCmpOp::MaskedEq(0xff00), KVMIO << 8)?,
+            cond(1, SeccompCmpOp::MaskedEq(0xff00), u64::from(b'T') << 8)?,
+        ],
+    );
+    if kind == ThreadKind::Control {
+        let thread = libc::CLONE_THREAD as u64;
+        rules.insert(
+            libc::SYS_clone,
+            vec![cond(0, SeccompCmpOp::MaskedEq(thread), thread)?],
+        );
+        rules.insert(
+            libc::SYS_socket,
+            vec![cond(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?],
+        );
+        rules.insert(
+            libc::SYS_prctl,
+            vec![
+                cond(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?,
+                cond(0, SeccompCmpOp::Eq, libc::PR_SET_NO_NEW_PRIVS as u64)?,
+            ],
+        );
+        // SECCOMP_SET_MODE_FILTER: a vCPU adding its own filter.
+        rules.insert(libc::SYS_seccomp, vec![cond(0, SeccompCmpOp::Eq, 1)?]);
+    }
+    compile(rules, SeccompAction::KillProcess, SeccompAction::Allow)
+}
+
+/// `clone3` fails with `ENOSYS` (its flags are out of a filter's reach), so
+/// the C library uses `clone`, whose `CLONE_THREAD` the filter checks.
+fn clone3_enosys() -> Result<BpfProgram, SandboxError> {
+    let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+    compile(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+    )
+}
+
+fn rule(path: &Path, access: BitFlags<AccessFs>) -> Option<PathBeneath<PathFd>> {
+    match PathFd::new(path) {
+        Ok(fd) => Some(PathBeneath::new(fd, access)),
+        Err(e) => {
+            warn!("sandbox: landlock: no rule for {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// `no_new_privs` and Landlock, for the calling thread and every thread it
+/// starts later: call before the VMM starts any.
+pub fn restrict_files(mode: Mode, cfg: &VmConfig) -> Result<(), SandboxError> {
+    if mode == Mode::Off {
+        warn!("sandbox off (--sandbox off): no Landlock, no seccomp; for debugging only");
+        return Ok(());
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(SandboxError::NoNewPrivs(std::io::Error::last_os_error()));
+    }
+    let read = AccessFs::ReadFile.into();
+    let rw = AccessFs::ReadFile | AccessFs::WriteFile;
+    let mut rules = Vec::new();
+    rules.extend(rule(&cfg.kernel, read));
+    if let Some(i) = &cfg.initrd {
+        rules.extend(rule(i, read));
+    }
+    rules.extend(rule(Path::new("/dev/kvm"), rw | AccessFs::IoctlDev));
+    if let SerialTarget::File(p) = &cfg.serial {
+        // Created now: Landlock grants rights on existing files.
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|source| SandboxError::Serial {
+                path: p.display().to_string(),
+                source,
+            })?;
+        rules.extend(rule(p, AccessFs::WriteFile.into()));
+    }
+    if let Some(api) = &cfg.api_socket {
+        let dir = match api.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        rules.extend(rule(&dir, AccessFs::MakeSock | AccessFs::RemoveFile));
+    }
+    let abi = ABI::V6;
+    let err = |e: landlock::RulesetError| SandboxError::Landlock(e.to_string());
+    let status = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(err)?
+        .handle_access(AccessNet::from_all(abi))
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        .add_rules(rules.into_iter().map(Ok::<_, landlock::RulesetError>))
+        .map_err(err)?
+        .restrict_self()
+        .map_err(err)?;
+    match status.ruleset {
+        RulesetStatus::FullyEnforced => info!(
+            "sandbox: no_new_privs; landlock enforced ({:?}): kernel, initrd, /dev/kvm, serial file, API socket directory; no TCP",
+            status.landlock
+        ),
+        RulesetStatus::PartiallyEnforced => warn!(
+            "sandbox: landlock partially enforced: the kernel ({:?}) lacks some rights of {abi:?}",
+            status.landlock
+        ),
+        RulesetStatus::NotEnforced => warn!(
+            "sandbox: landlock not enforced: the kernel does not support it ({:?})",
+            status.landlock
+        ),
+    }
+    Ok(())
+}
+
+/// The process-wide seccomp filter, on every thread that exists now (and
+/// inherited by later ones); returns the vCPU filter for
+/// [`crate::vmm::Vmm::set_vcpu_filter`].
+pub fn restrict_syscalls(mode: Mode) -> Result<Option<BpfProgram>, SandboxError> {
+    if mode == Mode::Off {
+        return Ok(None);
+    }
+    let control = filter(ThreadKind::Control)?;
+    let vcpu = filter(ThreadKind::Vcpu)?;
+    for f in [&control, &clone3_enosys()?] {
+        seccompiler::apply_filter_all_threads(f)
+            .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    }
+    info!(
+        "sandbox: seccomp allows {} syscalls (API, control and device threads), {} on vCPU threads",
+        syscall_count(ThreadKind::Control),
+        syscall_count(ThreadKind::Vcpu)
+    );
+    Ok(Some(vcpu))
+}
