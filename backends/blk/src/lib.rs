@@ -143,10 +143,7 @@ pub fn start_backend(config: Config) -> Result<(), BlkBackendError> {
         if config.direct { ", O_DIRECT" } else { "" },
         config.queues,
         config.queue_size,
-        match engine {
-            EngineKind::IoUring => "io_uring",
-            _ => "sync",
-        }
+        engine.name()
     );
     let info = DiskInfo {
         capacity,

@@ -8,6 +8,7 @@
 //! shared mapping. [`GuestIovecs`] is the only way to build them: it holds
 //! the memory guard that keeps that mapping alive until the I/O completes.
 
+pub mod null;
 pub mod sync;
 pub mod uring;
 
@@ -181,6 +182,20 @@ pub enum EngineKind {
     IoUring,
     /// Synchronous `preadv`/`pwritev` in the worker thread.
     Sync,
+    /// No I/O at all: reads and writes succeed at once (benchmarks only).
+    Null,
+}
+
+impl EngineKind {
+    /// Short name for logs (`Auto` is resolved by [`probe`] first).
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Auto => "auto",
+            EngineKind::IoUring => "io_uring",
+            EngineKind::Sync => "sync",
+            EngineKind::Null => "null",
+        }
+    }
 }
 
 /// Builds the engine for one worker. `Auto` falls back to [`sync::Sync`]
@@ -192,6 +207,7 @@ pub fn new_engine(
 ) -> Result<Box<dyn Engine>, IoError> {
     match kind {
         EngineKind::Sync => Ok(Box::new(sync::Sync::new(file))),
+        EngineKind::Null => Ok(Box::new(null::Null::default())),
         EngineKind::IoUring => Ok(Box::new(uring::Uring::new(file, depth)?)),
         EngineKind::Auto => match uring::Uring::new(file.clone(), depth) {
             Ok(u) => Ok(Box::new(u)),
@@ -204,6 +220,7 @@ pub fn new_engine(
 pub fn probe(kind: EngineKind) -> Result<EngineKind, IoError> {
     match kind {
         EngineKind::Sync => Ok(EngineKind::Sync),
+        EngineKind::Null => Ok(EngineKind::Null),
         EngineKind::IoUring => uring::probe().map(|()| EngineKind::IoUring),
         EngineKind::Auto => match uring::probe() {
             Ok(()) => Ok(EngineKind::IoUring),
