@@ -76,11 +76,12 @@ where
         .flat_map(|(_, p)| p.iter().map(|x| x.1))
         .fold(1.0f64, f64::max)
         * 1.15;
+    // x is log2(queue depth), labelled with the depth itself.
     let xmax = data
         .iter()
-        .flat_map(|(_, p)| p.iter().map(|x| x.0))
-        .fold(2.0f64, f64::max)
-        * 1.3;
+        .flat_map(|(_, p)| p.iter().map(|x| x.0.log2()))
+        .fold(1.0f64, f64::max)
+        + 0.3;
     let mut b = ChartBuilder::on(area);
     b.margin(12);
     if text {
@@ -91,30 +92,39 @@ where
         b.x_label_area_size(8).y_label_area_size(8);
     }
     let mut chart = b
-        .build_cartesian_2d((0.8f64..xmax).log_scale(), 0f64..ymax)
+        .build_cartesian_2d(-0.3f64..xmax, 0f64..ymax)
         .map_err(|e| anyhow!("{e}"))?;
     let mut mesh = chart.configure_mesh();
     if text {
         mesh.x_desc("queue depth")
             .y_desc("IOPS")
-            .x_label_formatter(&|v| format!("{v:.0}"))
+            .x_labels(((xmax + 0.3) as usize) + 1)
+            .x_label_formatter(&|v| format!("{:.0}", v.exp2()))
             .y_label_formatter(&|v| format!("{:.0}k", v / 1000.0));
     } else {
         mesh.x_labels(0).y_labels(0);
     }
-    mesh.draw().map_err(|e| anyhow!("{e}"))?;
+    mesh.light_line_style(WHITE)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
     for (i, (name, pts)) in data.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let s = chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                pts.iter().map(|&(x, y)| (x.log2(), y)),
+                color.stroke_width(2),
+            ))
             .map_err(|e| anyhow!("{e}"))?;
         if text {
-            s.label(name.as_str()).legend(move |(x, y)| {
+            s.label(crate::tables::label(name)).legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
         }
         chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .draw_series(
+                pts.iter()
+                    .map(|&(x, y)| Circle::new((x.log2(), y), 4, color.filled())),
+            )
             .map_err(|e| anyhow!("{e}"))?;
     }
     if text {
@@ -141,8 +151,18 @@ pub fn draw(recs: &[Record], path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let halves = root.split_evenly((1, 2));
-    panel(&halves[0], "4 KiB random read: IOPS vs queue depth", &rr, text)?;
-    panel(&halves[1], "4 KiB random write: IOPS vs queue depth", &rw, text)?;
+    panel(
+        &halves[0],
+        "4 KiB random read: IOPS vs queue depth",
+        &rr,
+        text,
+    )?;
+    panel(
+        &halves[1],
+        "4 KiB random write: IOPS vs queue depth",
+        &rw,
+        text,
+    )?;
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }

@@ -41,9 +41,12 @@ struct Args {
     /// Requests kept in flight.
     #[arg(long, default_value_t = 32)]
     qd: usize,
-    /// Measured run time (after a 1 s warm-up).
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
+    /// Measured run time in seconds (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Warm-up in seconds: requests run but are not counted.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
     /// Virtqueues to set up (requests use the first).
     #[arg(long, default_value_t = 1)]
     queues: i32,
@@ -109,9 +112,7 @@ fn main() -> Result<()> {
         let buf = (region.addr + slot * a.bs) as *mut u8;
         match a.rw {
             Pattern::Randread | Pattern::Read => q.read(off, buf, a.bs, slot, ReqFlags::empty()),
-            Pattern::Randwrite | Pattern::Write => {
-                q.write(off, buf, a.bs, slot, ReqFlags::empty())
-            }
+            Pattern::Randwrite | Pattern::Write => q.write(off, buf, a.bs, slot, ReqFlags::empty()),
         }
     };
     for (slot, t) in sent.iter_mut().enumerate() {
@@ -120,8 +121,8 @@ fn main() -> Result<()> {
     }
     let mut comps: Vec<MaybeUninit<Completion>> =
         (0..a.qd).map(|_| MaybeUninit::uninit()).collect();
-    let warm_until = Instant::now() + Duration::from_secs(1);
-    let end = warm_until + Duration::from_secs(a.seconds);
+    let warm_until = Instant::now() + Duration::from_secs_f64(a.warmup.max(0.0));
+    let end = warm_until + Duration::from_secs_f64(a.seconds.max(0.01));
     let mut lat_us: Vec<u32> = Vec::with_capacity(1 << 20);
     let mut measured_start = None;
     let mut done = 0u64;

@@ -81,7 +81,9 @@ struct Bench {
 fn tap_counter(ns: &NetNs, name: &str) -> Result<u64> {
     let path = format!("/sys/class/net/{TAP}/statistics/{name}");
     let out = ns.exec(&["cat", &path]);
-    out.trim().parse().with_context(|| format!("{path}: {out:?}"))
+    out.trim()
+        .parse()
+        .with_context(|| format!("{path}: {out:?}"))
 }
 
 impl Bench {
