@@ -48,7 +48,8 @@ enum Cmd {
         /// Records, one per line.
         #[arg(long)]
         results: PathBuf,
-        /// Machine description (markdown, included verbatim).
+        /// Machine and method description (markdown with its own
+        /// headings, included verbatim).
         #[arg(long)]
         machine: PathBuf,
         /// Output markdown (its previous sections are reused when a

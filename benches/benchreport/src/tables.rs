@@ -355,11 +355,9 @@ pub fn render(recs: &[Record], machine: &str, old: &str, command: &str, plot: &s
          shared and noisy (see below): compare ratios within one report, not absolute \
          numbers across reports.\n\n",
     );
-    let _ = writeln!(
-        s,
-        "Command: `{command}`\n\n## Machine\n\n{}\n",
-        machine.trim_end()
-    );
+    // The machine and method text comes from the script: markdown with
+    // its own headings.
+    let _ = writeln!(s, "Command: `{command}`\n\n{}\n", machine.trim_end());
     section(
         &mut s,
         "Block: vhost-user-blk",

@@ -53,6 +53,10 @@ struct Args {
     /// Also print one machine-readable `BLKGEN key=value ...` line.
     #[arg(long)]
     kv: bool,
+    /// Use a libblkio poll queue: wait for completions by spinning on the
+    /// used ring instead of sleeping on the call eventfd (one core busy).
+    #[arg(long)]
+    poll: bool,
 }
 
 /// xorshift64*: reproducible offsets without a dependency.
@@ -83,7 +87,13 @@ fn main() -> Result<()> {
     let mut b = Blkio::new("virtio-blk-vhost-user").context("blkio driver")?;
     b.set_str("path", &a.socket).context("path")?;
     b.connect().context("connect")?;
-    b.set_i32("num-queues", a.queues).context("num-queues")?;
+    if a.poll {
+        b.set_i32("num-queues", a.queues - 1)
+            .context("num-queues")?;
+        b.set_i32("num-poll-queues", 1).context("num-poll-queues")?;
+    } else {
+        b.set_i32("num-queues", a.queues).context("num-queues")?;
+    }
     let mut started = b.start().context("start")?;
     let capacity = b.get_u64("capacity").context("capacity")?;
     let blocks = capacity / a.bs as u64;
@@ -94,7 +104,11 @@ fn main() -> Result<()> {
         .alloc_mem_region(a.qd * a.bs)
         .context("alloc_mem_region")?;
     b.map_mem_region(&region).context("map_mem_region")?;
-    let mut q = started.queues.remove(0);
+    let mut q = if a.poll {
+        started.poll_queues.remove(0)
+    } else {
+        started.queues.remove(0)
+    };
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut sent = vec![Instant::now(); a.qd];

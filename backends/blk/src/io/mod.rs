@@ -12,6 +12,7 @@ pub mod null;
 pub mod sync;
 pub mod uring;
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -43,6 +44,23 @@ pub enum IoError {
     EventFd(#[source] io::Error),
 }
 
+/// Arrays kept per thread at most (a full queue of requests).
+const IOV_POOL_MAX: usize = 1024;
+
+thread_local! {
+    /// Empty `iovec` arrays of finished requests, kept per worker thread so
+    /// that building [`GuestIovecs`] does not allocate on the request path.
+    static IOV_POOL: RefCell<Vec<Vec<libc::iovec>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn pooled_iov() -> Vec<libc::iovec> {
+    IOV_POOL
+        .try_with(|p| p.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// Guest buffers as host `iovec`s, with the guard that keeps them mapped.
 pub struct GuestIovecs {
     iov: Vec<libc::iovec>,
@@ -63,7 +81,8 @@ impl GuestIovecs {
         mem: GuestMemoryLoadGuard<GuestMemoryMmap>,
         segs: &[Segment],
     ) -> Result<Self, IoError> {
-        let mut iov = Vec::with_capacity(segs.len());
+        let mut iov = pooled_iov();
+        iov.clear();
         let mut bytes = 0u64;
         for s in segs {
             let unmapped = || IoError::Unmapped {
@@ -125,6 +144,19 @@ impl GuestIovecs {
     }
 }
 
+impl Drop for GuestIovecs {
+    fn drop(&mut self) {
+        let mut iov = std::mem::take(&mut self.iov);
+        iov.clear();
+        let _ = IOV_POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < IOV_POOL_MAX {
+                p.push(iov);
+            }
+        });
+    }
+}
+
 /// What to do.
 pub enum IoKind {
     /// Read into the buffers.
@@ -171,6 +203,17 @@ pub trait Engine: Send {
     fn notifier(&self) -> Option<RawFd>;
     /// Ops submitted and not yet reaped.
     fn in_flight(&self) -> usize;
+    /// Whether finished ops are waiting to be reaped (cheap: no syscall;
+    /// the worker polls it while busy-waiting).
+    fn ready(&mut self) -> bool {
+        false
+    }
+    /// Called before the worker sleeps: resets the [`notifier`](Self::notifier)
+    /// if it may have fired since the last call, then returns whether
+    /// finished ops are waiting (then the worker reaps instead of sleeping).
+    fn quiesce(&mut self) -> bool {
+        false
+    }
 }
 
 /// Which engine to use.
