@@ -13,7 +13,7 @@ use std::sync::Arc;
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Completion, Engine, IoError, IoKind, IoOp};
+use super::{Completion, Engine, GuestIovecs, IoError, IoKind, IoOp};
 
 /// Checks once that `io_uring` works here with the opcodes the engine uses.
 pub fn probe() -> Result<(), IoError> {
@@ -187,6 +187,41 @@ impl Uring {
     }
 }
 
+/// Reads what the page cache holds of `bufs` at `offset` without blocking
+/// (`RWF_NOWAIT`), dropping it from `bufs`. `Ok(None)`: all of it was read;
+/// `Ok(Some(at))`: the rest starts at `at` and needs real I/O.
+fn read_cached(file: &File, bufs: &mut GuestIovecs, mut offset: u64) -> io::Result<Option<u64>> {
+    while bufs.bytes() > 0 {
+        let (Ok(off), Ok(cnt)) = (
+            libc::off_t::try_from(offset),
+            libc::c_int::try_from(bufs.count()),
+        ) else {
+            return Ok(Some(offset));
+        };
+        // SAFETY: `bufs` holds `cnt` iovecs that point into guest mappings
+        // kept alive by its memory guard for this whole call.
+        let n =
+            unsafe { libc::preadv2(file.as_raw_fd(), bufs.as_ptr(), cnt, off, libc::RWF_NOWAIT) };
+        if n > 0 {
+            // `n > 0`, so the cast to u64 is lossless.
+            bufs.advance(n as u64);
+            offset = offset.saturating_add(n as u64);
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // Not cached (or RWF_NOWAIT unsupported here): io_uring does it.
+            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL) => return Ok(Some(offset)),
+            _ => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 impl Engine for Uring {
     fn name(&self) -> &'static str {
         "io_uring"
@@ -207,6 +242,36 @@ impl Engine for Uring {
                 let result = super::sync::rw(&self.file, b, offset, true);
                 self.done.push(Completion { token, result });
                 return;
+            }
+            IoOp {
+                token,
+                offset,
+                kind: IoKind::Read(mut b),
+            } if self.buffered => {
+                // Page-cache hits complete here without entering the ring;
+                // what is not cached goes to io_uring (read ahead async).
+                let offset = match read_cached(&self.file, &mut b, offset) {
+                    Ok(None) => {
+                        self.done.push(Completion {
+                            token,
+                            result: Ok(()),
+                        });
+                        return;
+                    }
+                    Ok(Some(rest_at)) => rest_at,
+                    Err(e) => {
+                        self.done.push(Completion {
+                            token,
+                            result: Err(e),
+                        });
+                        return;
+                    }
+                };
+                IoOp {
+                    token,
+                    offset,
+                    kind: IoKind::Read(b),
+                }
             }
             op => op,
         };
