@@ -14,6 +14,7 @@ use splitvm_tests::hostile::blk::{spawn_blk, BlkDev, S_OK, T_FLUSH, T_OUT};
 use splitvm_tests::hostile::inflight::{self, Region};
 use splitvm_tests::hostile::{Desc, Setup, F_WRITE};
 use splitvm_tests::proc::ChildGuard;
+use splitvm_tests::stats::percentile;
 use splitvm_tests::wait::wait_for;
 
 const IMG_SIZE: u64 = 64 << 20;
@@ -312,11 +313,6 @@ fn blk_inflight_forged_region_resubmits_exactly_those_in_counter_order() {
     assert!(file_bytes(&img, 3000 * 512, 4096) == old, "D is not redone");
     assert!(file_bytes(&img, 4000 * 512, 4096) == e);
     drop(child);
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 #[test]

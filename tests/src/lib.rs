@@ -6,6 +6,7 @@ pub mod lab;
 pub mod microguest;
 pub mod proc;
 pub mod qemu;
+pub mod stats;
 pub mod wait;
 
 use std::path::PathBuf;

@@ -41,6 +41,23 @@ struct Running {
     call: EventFd,
 }
 
+/// The used indices of a device's running queues (see
+/// [`VhostUserDevice::used_reader`]).
+pub struct UsedReader {
+    mem: GuestMemory,
+    addrs: Vec<GuestAddress>,
+}
+
+impl UsedReader {
+    /// The current used index of each running queue.
+    pub fn read(&self) -> Vec<u16> {
+        self.addrs
+            .iter()
+            .map(|a| self.mem.read_obj::<u16>(*a).unwrap_or(0))
+            .collect()
+    }
+}
+
 /// A device served by a vhost-user backend process.
 pub struct VhostUserDevice {
     kind: DeviceKind,
@@ -314,6 +331,22 @@ impl VhostUserDevice {
             .collect()
     }
 
+    /// Reads every running queue's used index without holding the device:
+    /// for timing a new backend's first completion from the monitor thread.
+    pub fn used_reader(&self) -> Option<UsedReader> {
+        let run = self.running.as_ref()?;
+        let addrs = run
+            .queues
+            .iter()
+            .filter(|q| q.ready)
+            .map(|q| GuestAddress(q.used + 2))
+            .collect();
+        Some(UsedReader {
+            mem: self.mem.clone(),
+            addrs,
+        })
+    }
+
     /// Stops every running queue (`GET_VRING_BASE`); returns their positions.
     fn stop_queues(&mut self) -> Result<Vec<u16>, FrontendError> {
         let Some(run) = &self.running else {
@@ -348,8 +381,33 @@ impl VhostUserDevice {
         self.refresh_config()?;
         let bases = self.bases_from_used_rings();
         self.start(&bases)?;
+        self.nudge();
         self.reconnects += 1;
         Ok(())
+    }
+
+    /// After a backend change, kicks every running queue and raises the
+    /// device interrupt once. A dying backend may have consumed the guest's
+    /// last kick without popping the request (and with `EVENT_IDX` the guest
+    /// will not kick again until the device moves `avail_event`), or written
+    /// the used ring without signalling the call eventfd (and the guest
+    /// waits for that interrupt forever). Both notifications are harmless
+    /// when nothing was lost: the backend finds the ring as it is and the
+    /// guest's interrupt handler finds no new used entries.
+    fn nudge(&self) {
+        let Some(run) = &self.running else {
+            return;
+        };
+        for (q, kick) in run.queues.iter().zip(&run.kicks) {
+            if q.ready && q.size > 0 {
+                if let Err(e) = kick.write(1) {
+                    log::warn!("{}: kicking a queue: {e}", self.socket().display());
+                }
+            }
+        }
+        if let Err(e) = run.call.write(1) {
+            log::warn!("{}: raising the interrupt: {e}", self.socket().display());
+        }
     }
 
     /// Moves the device to the backend behind `new`: the old one is
@@ -369,6 +427,7 @@ impl VhostUserDevice {
             .and_then(|_| self.start(&bases));
         match result {
             Ok(()) => {
+                self.nudge();
                 self.connected = true;
                 self.reconnects += 1;
                 let _ = self.conn_changed.write(1);
@@ -388,6 +447,7 @@ impl VhostUserDevice {
                 self.conn = old;
                 self.start_backend_requests()?;
                 self.start(&bases)?;
+                self.nudge();
                 Err(e)
             }
         }

@@ -7,3 +7,4 @@ pub mod device;
 pub mod frontend;
 pub mod kind;
 pub mod monitor;
+pub mod watch;

@@ -88,7 +88,7 @@ if wait_count "$D/ui1.out" UINPUT-READY 1 10; then
 	scenario "$D/evdev.sh" "KBD='$NAME'" MODE=evdev
 	(
 		log=$D/l2-evdev.log
-		wait_count "$log" EVREAD-READY 1 150 || exit 1
+		wait_count "$log" EVREAD-READY 1 400 || exit 1
 		taps "$D/ui1" 30 48 46
 		# Hot-unplug once the guest has the keys: the host device goes away
 		# and comes back.
@@ -103,7 +103,7 @@ if wait_count "$D/ui1.out" UINPUT-READY 1 10; then
 		wait_count "$log" SPLITVM-L2-DONE 1 120
 	) &
 	FEED=$!
-	run_l2 input-evdev --scenario "$D/evdev.sh" --timeout 240 -- --memory 512M \
+	run_l2 input-evdev --scenario "$D/evdev.sh" --timeout 420 -- --memory 512M \
 		--input "socket=$D/evdev.sock" | tee "$D/l2-evdev.log"
 	grep -q "L2-EXIT name=input-evdev rc=0" "$D/l2-evdev.log" || rc=1
 	wait "$FEED"
@@ -120,9 +120,20 @@ else
 fi
 
 # -------------------------------------------------------------- profiles
-splitvm-input --socket-path "$D/kbd.sock" --profile keyboard --event-socket "$D/kbd.ev" \
-	>"$D/kbd.log" 2>&1 &
-KB=$!
+# The keyboard backend runs under a wrapper that records its exit status,
+# since the splitvm run replaces it (kill -9, restart) from a subshell.
+start_kbd() {
+	(
+		splitvm-input --socket-path "$D/kbd.sock" --profile keyboard --event-socket "$D/kbd.ev" \
+			>>"$D/kbd.log" 2>&1 &
+		echo $! >"$D/kbd.pid"
+		wait $!
+		echo $? >"$D/kbd.rc"
+	) &
+	while [ ! -s "$D/kbd.pid" ]; do sleep 0.05; done
+}
+rm -f "$D/kbd.pid" "$D/kbd.rc"
+start_kbd
 splitvm-input --socket-path "$D/touch.sock" --profile touch --event-socket "$D/touch.ev" \
 	>"$D/touch.log" 2>&1 &
 TB=$!
@@ -148,7 +159,7 @@ profile_run() {
 		>"$D/$_name.led" 2>&1 &
 	_led=$!
 	(
-		wait_count "$_log" EVREAD-READY 1 150 || exit 1
+		wait_count "$_log" EVREAD-READY 1 400 || exit 1
 		splitvm-input send --event-socket "$D/kbd.ev" \
 			'{"key":"KEY_A"}' '{"key":"KEY_B"}' '{"key":"KEY_C"}'
 		wait_count "$_log" EVREAD-READY 2 60 || exit 1
@@ -161,11 +172,25 @@ profile_run() {
 		wait_count "$_log" EVREAD-READY 4 60 || exit 1
 		splitvm-input send --event-socket "$D/tablet.ev" '{"abs":[1000,2000]}'
 		wait_count "$_log" EVREAD-READY 5 60 || exit 1
+		if [ "$_vmm" = splitvm ]; then
+			# kill -9 the keyboard's backend and start a new one on the same
+			# socket: the round trips below (LED out, keys back) go through it.
+			kill -KILL "$(cat "$D/kbd.pid")"
+			while [ ! -e "$D/kbd.rc" ]; do sleep 0.05; done
+			rm -f "$D/kbd.pid" "$D/kbd.rc" "$D/kbd.ev"
+			start_kbd
+			wait_path "$D/kbd.ev" 10 || say "kbd_restart=no_socket"
+			wait_count "$_log" "took over" 1 30 && say "kbd_restart=ok"
+		fi
 		splitvm-input send --event-socket "$D/kbd.ev" --echo "$LAT" --timeout 30 \
 			'{"key":"KEY_A"}' >"$D/$_name.echo" 2>&1 || tail -3 "$D/$_name.echo"
 	) &
 	_feed=$!
+	# The VMM's reconnect lines ("took over") tell when the new keyboard
+	# backend has the device.
+	[ "$_vmm" = splitvm ] && export RUST_LOG=warn,vmm_core::vhost_user::monitor=info
 	"$@" | tee "$_log"
+	unset RUST_LOG
 	grep -q "L2-EXIT name=$_name rc=0" "$_log" || rc=1
 	echo "INPUT-LAT vmm=$_vmm $(grep -o 'PING-RTT.*' "$_log")"
 	wait "$_feed"
@@ -175,13 +200,13 @@ profile_run() {
 }
 
 profile_run input-profile splitvm \
-	run_l2 input-profile --scenario "$D/input-profile.sh" --timeout 240 -- --memory 512M \
+	run_l2 input-profile --scenario "$D/input-profile.sh" --timeout 420 -- --memory 512M \
 	--input "socket=$D/kbd.sock" --input "socket=$D/touch.sock" \
 	--input "socket=$D/mouse.sock" --input "socket=$D/tablet.sock"
 
 if command -v qemu-system-x86_64 >/dev/null; then
 	profile_run input-qemu qemu \
-		run_l2_qemu input-qemu --scenario "$D/input-qemu.sh" --timeout 240 -- --memory 512M \
+		run_l2_qemu input-qemu --scenario "$D/input-qemu.sh" --timeout 420 -- --memory 512M \
 		-global virtio-mmio.force-legacy=false \
 		-object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \
 		-chardev "socket,id=k,path=$D/kbd.sock" -device vhost-user-input,chardev=k \
@@ -190,9 +215,9 @@ if command -v qemu-system-x86_64 >/dev/null; then
 		-chardev "socket,id=a,path=$D/tablet.sock" -device vhost-user-input,chardev=a
 fi
 
-kill "$KB" "$TB" "$MB" "$AB"
-wait "$KB"
-say "kbd_backend_exit=$?"
+kill "$TB" "$MB" "$AB" "$(cat "$D/kbd.pid")"
+while [ ! -e "$D/kbd.rc" ]; do sleep 0.05; done
+say "kbd_backend_exit=$(cat "$D/kbd.rc")"
 wait "$TB"
 say "touch_backend_exit=$?"
 wait "$MB"

@@ -10,6 +10,9 @@ start_blk() {
 	echo $! >/tmp/restart.pid
 }
 start_blk
+# The VMM logs each restart's figures ("... first request completed after
+# N ms", counted from reaching the new backend's socket).
+export RUST_LOG=warn,vmm_core::vhost_user::monitor=info
 run_l2 restart --scenario /lab/scenarios/restart/l2.sh --timeout 400 -- --memory 512M \
 	--disk socket=/tmp/restart.sock | tee /tmp/restart-l2.out &
 l2=$!
@@ -33,5 +36,15 @@ l1_result restart_kills "$kills"
 for s in 0 1 2 3; do
 	l1_result "restart_img_stream${s}_md5" "$(dd if=/tmp/restart.img bs=64k skip=$((s * 16)) count=16 2>/dev/null | md5sum | cut -d' ' -f1)"
 done
+# Measured, not asserted: new backend reached -> first completed request.
+grep -o 'first request completed after [0-9.]* ms' /tmp/restart-l2.out | awk '{ print $5 }' |
+	sort -n >/tmp/restart-first.ms
+n=$(wc -l </tmp/restart-first.ms)
+l1_result restart_first_completion_n "$n"
+if [ "$n" -gt 0 ]; then
+	l1_result restart_first_completion_ms_p50 "$(sed -n "$(((n + 1) / 2))p" /tmp/restart-first.ms)"
+	l1_result restart_first_completion_ms_p99 "$(sed -n "$(((n * 99 + 99) / 100))p" /tmp/restart-first.ms)"
+	l1_result restart_first_completion_ms_max "$(tail -1 /tmp/restart-first.ms)"
+fi
 l1_result restart_resubmitted "$(grep -c 'resubmitting' /tmp/restart-blk.log)"
 kill -TERM "$(cat /tmp/restart.pid)" 2>/dev/null
