@@ -120,7 +120,7 @@ impl Bench {
     fn lay_out(&mut self, q: usize, len: u32, flags: u16, fill: Option<&[u8]>) -> Vec<u16> {
         let ring = self.dev.fe.queues[q].ring.clone();
         (0..QUEUE_SIZE)
-            .map(|i| {
+            .inspect(|&i| {
                 let at = self.dev.alloc(u64::from(len));
                 if let Some(b) = fill {
                     self.dev.fe.mem.write(at, b);
@@ -135,7 +135,6 @@ impl Bench {
                         next: 0,
                     },
                 );
-                i
             })
             .collect()
     }
