@@ -5,17 +5,32 @@ use std::path::PathBuf;
 use clap::Args;
 use log::LevelFilter;
 
+use crate::listener::{self, ListenError, ListenOn};
+
 /// Arguments shared by every splitvm backend.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct CommonArgs {
     /// Path of the vhost-user unix socket to listen on (a stale one is replaced).
-    #[arg(long, value_name = "PATH")]
-    pub socket_path: PathBuf,
+    #[arg(long, value_name = "PATH", conflicts_with = "socket_fd")]
+    pub socket_path: Option<PathBuf>,
+
+    /// An inherited, listening unix socket to serve instead of a path (its
+    /// path is never removed). Without either flag, systemd socket
+    /// activation (LISTEN_FDS=1, LISTEN_PID, fd 3) is used.
+    #[arg(long, value_name = "N")]
+    pub socket_fd: Option<i32>,
 
     /// Log level (error, warn, info, debug, trace, off); `RUST_LOG` overrides it.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: LevelFilter,
     // `--sandbox on|off` joins here once seccomp filters exist.
+}
+
+impl CommonArgs {
+    /// Where to listen: `--socket-path`, `--socket-fd`, or socket activation.
+    pub fn listen(&self) -> Result<ListenOn, ListenError> {
+        listener::resolve(self.socket_path.clone(), self.socket_fd)
+    }
 }
 
 #[cfg(test)]
@@ -31,11 +46,14 @@ mod tests {
     }
 
     #[test]
-    fn common_args_require_socket_path() {
-        assert!(Wrap::try_parse_from(["x"]).is_err());
+    fn common_args_take_a_path_or_an_fd() {
         let w =
             Wrap::try_parse_from(["x", "--socket-path", "/tmp/s", "--log-level", "debug"]).unwrap();
-        assert_eq!(w.common.socket_path, PathBuf::from("/tmp/s"));
+        assert_eq!(w.common.listen().unwrap(), ListenOn::Path("/tmp/s".into()));
         assert_eq!(w.common.log_level, LevelFilter::Debug);
+        let w = Wrap::try_parse_from(["x", "--log-level", "warn", "--socket-fd", "3"]).unwrap();
+        assert_eq!(w.common.listen().unwrap(), ListenOn::Fd(3));
+        let both = Wrap::try_parse_from(["x", "--socket-fd", "3", "--socket-path", "/s"]);
+        assert!(both.is_err(), "the two exclude each other");
     }
 }

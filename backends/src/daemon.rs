@@ -1,9 +1,9 @@
 //! The one serve loop of every backend: bind the socket (replacing a stale
-//! one), serve one frontend with a [`VhostUserDaemon`], and after it goes
+//! one) or take an inherited one (see [`crate::listener`]), serve one frontend with a [`VhostUserDaemon`], and after it goes
 //! away listen again. SIGTERM or SIGINT ends the loop cleanly: the current
 //! connection is shut down, the vring workers are told to exit through their
-//! exit events and joined, the socket file is removed and [`serve`] returns
-//! `Ok(())`.
+//! exit events and joined, the socket file is removed (unless it was
+//! inherited: its owner removes it) and [`serve`] returns `Ok(())`.
 
 use std::fs;
 use std::io;
@@ -26,20 +26,15 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::abi;
+use crate::listener::{self, ListenError, ListenOn};
 use crate::proxy::{Intercept, Proxy};
 
 /// Errors of the serve loop.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// The socket could not be bound.
-    #[error("cannot listen on {path}: {source}")]
-    Bind {
-        /// Socket path.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: vhost::vhost_user::Error,
-    },
+    /// The socket could not be bound or taken over.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     /// Signal handlers could not be installed.
     #[error("cannot install SIGTERM/SIGINT handlers: {0}")]
     Signals(#[source] io::Error),
@@ -86,8 +81,8 @@ pub trait Device:
 pub struct ServeConfig {
     /// Thread and log name of the daemon (`splitvm-blk`, ...).
     pub name: String,
-    /// Socket to listen on.
-    pub socket_path: PathBuf,
+    /// Socket to listen on: a path, or an inherited fd.
+    pub listen: ListenOn,
     /// Listen again after a frontend disconnects (the default); `false`
     /// serves one frontend and returns.
     pub reconnect: bool,
@@ -126,7 +121,7 @@ impl Stop {
 const EV_STOP: u64 = 0;
 const EV_ACCEPT: u64 = 1;
 
-/// Serves frontends on `cfg.socket_path` until SIGTERM/SIGINT (or, without
+/// Serves frontends on `cfg.listen` until SIGTERM/SIGINT (or, without
 /// `reconnect`, until the first frontend leaves). `make` builds a fresh
 /// device for every connection (the device may share state across them,
 /// such as an open image).
@@ -163,12 +158,14 @@ where
     T: Device,
     F: FnMut() -> io::Result<T>,
 {
-    // Dropping the listener removes the socket file.
-    let mut listener =
-        Listener::new(&cfg.socket_path, true).map_err(|source| DaemonError::Bind {
-            path: cfg.socket_path.clone(),
-            source,
-        })?;
+    // Dropping the listener removes the socket file if this process bound it.
+    let bound = listener::open(&cfg.listen)?;
+    let mut listener = bound.listener;
+    let shown = match (&bound.path, &cfg.listen) {
+        (Some(p), _) => p.display().to_string(),
+        (None, ListenOn::Fd(fd)) => format!("inherited fd {fd}"),
+        (None, ListenOn::Path(p)) => p.display().to_string(),
+    };
     let epoll = Epoll::new().map_err(DaemonError::Poll)?;
     epoll
         .ctl(
@@ -184,7 +181,15 @@ where
             EpollEvent::new(EventSet::IN, EV_ACCEPT),
         )
         .map_err(DaemonError::Poll)?;
-    info!("listening on {}", cfg.socket_path.display());
+    if bound.inherited {
+        info!("listening on {shown} (inherited socket)");
+    } else {
+        info!("listening on {shown}");
+    }
+    if let Err(e) = listener::notify_ready() {
+        warn!("cannot notify NOTIFY_SOCKET: {e}");
+    }
+    let private_base = private_socket_base(&cfg.name, bound.inherited, bound.path.as_deref());
 
     loop {
         if !wait_for_frontend(&epoll, stop)? {
@@ -205,7 +210,7 @@ where
                     .map_err(|e| DaemonError::Daemon(e.to_string()))?;
                 None
             }
-            Some(hook) => Some(start_proxied(cfg, &listener, &mut daemon, hook)?),
+            Some(hook) => Some(start_proxied(&private_base, &listener, &mut daemon, hook)?),
         };
         info!("frontend connected");
         stop.set_conn(daemon.shutdown_handle());
@@ -260,7 +265,7 @@ fn wait_for_frontend(epoll: &Epoll, stop: &Stop) -> Result<bool, DaemonError> {
 /// [`Proxy`]. The private socket is removed as soon as the daemon is
 /// connected; a connection from any other process is refused.
 fn start_proxied<T: Device>(
-    cfg: &ServeConfig,
+    base: &Path,
     listener: &Listener,
     daemon: &mut VhostUserDaemon<T>,
     hook: Arc<dyn Intercept>,
@@ -272,7 +277,7 @@ fn start_proxied<T: Device>(
             Err(e) => return Err(DaemonError::Daemon(format!("accept: {e}"))),
         }
     };
-    let inner_path = inner_socket_path(&cfg.socket_path);
+    let inner_path = inner_socket_path(base);
     let _ = fs::remove_file(&inner_path);
     let inner_listener = UnixListener::bind(&inner_path).map_err(DaemonError::Proxy)?;
     let connected = match inner_path.to_str() {
@@ -287,6 +292,18 @@ fn start_proxied<T: Device>(
     };
     let _ = fs::remove_file(&inner_path);
     Proxy::start(frontend, connected?, hook).map_err(DaemonError::Proxy)
+}
+
+/// Where the proxy's private socket goes: next to the socket, except for
+/// an inherited socket under systemd, whose directory the service may not
+/// write: there `$RUNTIME_DIRECTORY` (the unit's `RuntimeDirectory=`).
+fn private_socket_base(name: &str, inherited: bool, path: Option<&Path>) -> PathBuf {
+    let in_runtime_dir = std::env::var_os("RUNTIME_DIRECTORY")
+        .filter(|_| inherited)
+        .map(|d| PathBuf::from(d).join(format!("{name}.sock")));
+    in_runtime_dir
+        .or_else(|| path.map(Path::to_path_buf))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("{name}.sock")))
 }
 
 /// `<socket>.<pid>.fwd`: the daemon's side of the proxy.

@@ -11,11 +11,17 @@ pub fn init(program: &'static str, level: LevelFilter) {
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }
+    // Under a supervisor (`splitvm up` sets SPLITVM_DEVICE) each line also
+    // names the device: `splitvm-blk[blk0]: INFO ...`.
+    let tag = match std::env::var("SPLITVM_DEVICE") {
+        Ok(d) if !d.is_empty() => format!("{program}[{d}]"),
+        _ => program.to_string(),
+    };
     builder.format(move |buf, record| {
         use std::io::Write;
         writeln!(
             buf,
-            "{program}: {} {}: {}",
+            "{tag}: {} {}: {}",
             record.level(),
             record.target(),
             record.args()

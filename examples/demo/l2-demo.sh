@@ -22,6 +22,5 @@ ping -c 3 -W 2 10.77.0.1 | tail -2
 
 name=$(cat /sys/class/input/*/name 2>/dev/null | grep splitvm | head -1)
 echo "=== keyboard \"$name\", served by splitvm-input; level 1 types \"hi\" (KEY_H=35, KEY_I=23; press 1, release 0):"
-echo "DEMO-INPUT-READY"
-evread --name "$name" --no-syn --until 1:23:0 --timeout 60
+evread --name "$name" --no-syn --ready --until 1:23:0 --timeout 60
 echo "RESULT demo=ok"

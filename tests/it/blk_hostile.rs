@@ -10,7 +10,11 @@ use std::time::Duration;
 use splitvm_tests::hostile::blk::{
     spawn_blk, BlkDev, S_IOERR, S_UNSUPP, S_UNTOUCHED, T_DISCARD, T_IN, T_OUT, T_WRITE_ZEROES,
 };
-use splitvm_tests::hostile::{Desc, HostileFrontend, Setup, F_INDIRECT, F_NEXT, F_WRITE};
+use splitvm_tests::hostile::cases::run_malformed_chains;
+use splitvm_tests::hostile::msg::{run_message_cases, Verdict};
+use splitvm_tests::hostile::{
+    within, Desc, HostileFrontend, Setup, EVENT_IDX, F_INDIRECT, F_NEXT, F_WRITE,
+};
 use splitvm_tests::proc::ChildGuard;
 use vhost::{VhostBackend, VringConfigData};
 
@@ -441,4 +445,66 @@ fn blk_hostile_disconnect_with_requests_in_flight() {
     drop(f.dev);
     let mut dev = BlkDev::connect(&f.sock, Setup::default());
     dev.assert_alive(600);
+}
+
+#[test]
+fn blk_hostile_malformed_chain_table() {
+    let mut f = fixture();
+    let out = run_malformed_chains(&mut f.dev, 0, F_WRITE);
+    // Unused, or only a status byte (IOERR): never data.
+    for o in &out {
+        assert!(o.used_len <= Some(1), "{}: {:?}", o.what, o.used_len);
+    }
+}
+
+/// A guest that moves the avail index more than a queue ahead and leaves
+/// it there: the worker used to go round its EVENT_IDX loop forever (100%
+/// of a core, deaf to its exit event), so the backend could not let the
+/// frontend go and never served the next one.
+#[test]
+fn blk_hostile_avail_index_overrun_left_in_place() {
+    let mut f = fixture();
+    assert!(f.dev.fe.acked & EVENT_IDX != 0, "EVENT_IDX negotiated");
+    {
+        let fe = &mut f.dev.fe;
+        let q = &mut fe.queues[0];
+        let idx = q.ring.avail_idx.wrapping_add(q.ring.size + 5);
+        q.ring.set_avail_idx(&fe.mem, idx);
+        q.kick.write(1).unwrap();
+    }
+    drop(f.dev);
+    f.child
+        .wait_for_line("frontend disconnected", Duration::from_secs(10));
+    let sock = f.sock.clone();
+    let mut dev = within(
+        "a new frontend is served",
+        Duration::from_secs(20),
+        move || BlkDev::connect(&sock, Setup::default()),
+    );
+    dev.assert_alive(8);
+}
+
+#[test]
+fn blk_hostile_vhost_user_messages() {
+    let f = fixture();
+    let Fixture {
+        _dir,
+        child,
+        sock,
+        dev,
+        ..
+    } = f;
+    drop(dev);
+    let s = sock.clone();
+    let out = run_message_cases(&sock, 1, Duration::from_secs(10), move |what| {
+        let s = s.clone();
+        let mut dev = within(what, Duration::from_secs(20), move || {
+            BlkDev::connect(&s, Setup::default())
+        });
+        dev.assert_alive(3);
+    });
+    assert!(out.iter().any(|(_, v)| *v == Verdict::Dropped));
+    child.signal(libc::SIGTERM);
+    let (st, lines) = child.finish(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{lines:#?}");
 }

@@ -1,3 +1,4 @@
+mod activation;
 mod api;
 mod backend_cli;
 mod blk;
@@ -8,8 +9,10 @@ mod blk_qemu_reconnect;
 mod boot_cli;
 mod frontend;
 mod input;
+mod input_hostile;
 mod input_qemu;
 mod nested_lab;
 mod net_cli;
 mod net_hostile;
 mod net_qemu;
+mod up;

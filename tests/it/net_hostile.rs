@@ -8,11 +8,15 @@
 
 use std::time::Duration;
 
+use splitvm_tests::hostile::cases::{run_malformed_chains, Device};
+use splitvm_tests::hostile::msg::{run_message_cases, Verdict};
 use splitvm_tests::hostile::net::{
     eth_frame, hdr, is_test_frame, plain_hdr, spawn_net, test_frame, NetDev, NetNs, PacketSocket,
-    CTRLQ, F_MRG_RXBUF, HDR_LEN,
+    CTRLQ, F_MRG_RXBUF, HDR_LEN, TXQ,
 };
-use splitvm_tests::hostile::{Desc, Setup, F_INDIRECT, F_NEXT, F_WRITE};
+use splitvm_tests::hostile::{
+    within, Desc, HostileFrontend, Setup, EVENT_IDX, F_INDIRECT, F_NEXT, F_WRITE,
+};
 use splitvm_tests::proc::ChildGuard;
 use splitvm_tests::wait::{poll_until, wait_for};
 
@@ -116,10 +120,13 @@ fn get(c: &[(String, u64)], k: &str) -> u64 {
 
 /// A good TX frame with `tag` reaches the wire, and nothing tagged "bad" came first.
 fn assert_tx_alive(f: &mut Fx, tag: &str) {
+    tx_reaches_wire(&mut f.dev, &f.wire, tag);
+}
+
+fn tx_reaches_wire(dev: &mut NetDev, wire: &PacketSocket, tag: &str) {
     let frame = test_frame(tag.as_bytes(), 120);
-    f.dev.tx(&plain_hdr(), &frame);
-    let got = f
-        .wire
+    dev.tx(&plain_hdr(), &frame);
+    let got = wire
         .recv(T, |w| {
             is_test_frame(w, b"bad") || is_test_frame(w, tag.as_bytes())
         })
@@ -484,4 +491,99 @@ fn net_serves_the_next_frontend_after_a_disconnect() {
         .recv_tagged(b"second-rx", T)
         .expect("RX on the second frontend");
     assert_eq!(p.frame, frame);
+}
+
+impl Device for Fx {
+    fn fe(&mut self) -> &mut HostileFrontend {
+        &mut self.dev.fe
+    }
+
+    fn assert_alive(&mut self, tag: &str) {
+        let tag = format!("alive-{}", tag.replace(' ', "-"));
+        assert_tx_alive(self, &tag);
+    }
+}
+
+#[test]
+fn net_hostile_malformed_tx_chain_table() {
+    let mut f = fixture(NetDev::setup());
+    let out = run_malformed_chains(&mut f, TXQ, 0);
+    for o in &out {
+        assert!(
+            matches!(o.used_len, None | Some(0)),
+            "{}: {:?}",
+            o.what,
+            o.used_len
+        );
+    }
+    // Every chain that came back was dropped and counted, none sent: a
+    // chain cut short (a loop, `next` past the table) used to go out as
+    // far as it could be read.
+    let c = counters(f.child);
+    let returned = out.iter().filter(|o| o.used_len.is_some()).count() as u64;
+    assert!(get(&c, "tx_bad") >= returned, "{c:?}");
+}
+
+/// See `blk_hostile_avail_index_overrun_left_in_place`: the TX worker must
+/// not spin on an avail index more than a queue ahead.
+#[test]
+fn net_hostile_avail_index_overrun_left_in_place() {
+    let f = fixture(NetDev::setup());
+    let Fx {
+        _dir,
+        mut child,
+        mut dev,
+        wire,
+        _ns,
+    } = f;
+    assert!(dev.fe.acked & EVENT_IDX != 0, "EVENT_IDX negotiated");
+    {
+        let fe = &mut dev.fe;
+        let q = &mut fe.queues[TXQ];
+        let idx = q.ring.avail_idx.wrapping_add(q.ring.size + 5);
+        q.ring.set_avail_idx(&fe.mem, idx);
+        q.kick.write(1).unwrap();
+    }
+    drop(dev);
+    child.wait_for_line("frontend disconnected", T);
+    let sock = _dir.path().join("net.sock");
+    let dev = within(
+        "a new frontend is served",
+        Duration::from_secs(20),
+        move || NetDev::connect(&sock, NetDev::setup()),
+    );
+    let mut f = Fx {
+        _dir,
+        child,
+        dev,
+        wire,
+        _ns,
+    };
+    assert_tx_alive(&mut f, "after-overrun");
+}
+
+#[test]
+fn net_hostile_vhost_user_messages() {
+    let f = fixture(NetDev::setup());
+    let Fx {
+        _dir,
+        child,
+        dev,
+        wire,
+        _ns,
+    } = f;
+    drop(dev);
+    let sock = _dir.path().join("net.sock");
+    let s = sock.clone();
+    let out = run_message_cases(&sock, 3, T, |what| {
+        let s = s.clone();
+        let mut dev = within(what, Duration::from_secs(20), move || {
+            NetDev::connect(&s, NetDev::setup())
+        });
+        tx_reaches_wire(&mut dev, &wire, &format!("msg-{}", what.replace(' ', "-")));
+    });
+    assert!(out.iter().any(|(_, v)| *v == Verdict::Dropped));
+    child.signal(libc::SIGTERM);
+    let (st, lines) = child.finish(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{lines:#?}");
 }

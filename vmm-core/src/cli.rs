@@ -26,6 +26,10 @@ pub enum Command {
     Run(RunArgs),
     /// Query or steer a running splitvm through its API socket.
     Ctl(crate::ctl::CtlArgs),
+    /// Start a VM and its backends from a vm.toml and supervise them.
+    Up(crate::up::UpArgs),
+    /// Stop a VM started with `splitvm up`, backends and all.
+    Down(crate::up::DownArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

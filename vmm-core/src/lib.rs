@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod devices;
+pub mod up;
 pub mod vhost_user;
 pub mod vmm;
 pub mod vstate;

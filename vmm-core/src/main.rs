@@ -14,9 +14,32 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    // `up` reports what it starts and restarts; the VMM itself stays quiet.
+    let level = match cli.command {
+        Command::Up(_) | Command::Down(_) => "info",
+        _ => "warn",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
+        Command::Up(args) => match vmm_core::up::up(&args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("splitvm up: error: {e}");
+                ExitCode::from(if e.is_user_input() {
+                    EXIT_USAGE
+                } else {
+                    EXIT_FAILURE
+                })
+            }
+        },
+        Command::Down(args) => match vmm_core::up::down(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("splitvm down: error: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
         Command::Run(args) => run(args),
         Command::Ctl(args) => match vmm_core::ctl::run(&args) {
             Ok(out) => {
@@ -51,6 +74,7 @@ fn run(args: vmm_core::cli::RunArgs) -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    stop_on_signals(vmm.handle());
     let _api = match &cfg.api_socket {
         Some(path) => match vmm_core::api::http::spawn(path, vmm.handle()) {
             Ok(server) => Some(server),
@@ -76,4 +100,32 @@ fn run(args: vmm_core::cli::RunArgs) -> ExitCode {
     // process without unmapping it first.
     std::mem::forget(vmm);
     code
+}
+
+/// SIGTERM (and SIGINT) shut the VM down gracefully, as `PUT /vm/shutdown`
+/// does: the guest is paused and every device's queues are stopped, so the
+/// backends finish what they have in flight before the VMM exits.
+fn stop_on_signals(handle: std::sync::Arc<vmm_core::api::control::VmmHandle>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use vmm_core::api::VmmControl;
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("no SIGTERM handler ({e}): a signal ends the VMM abruptly");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                log::info!("signal {sig}: shutting down");
+                if let Err(e) = handle.shutdown() {
+                    log::debug!("shutdown: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no signal thread ({e}): a signal ends the VMM abruptly");
+    }
 }

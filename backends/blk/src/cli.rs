@@ -41,6 +41,9 @@ pub struct Args {
 /// Invalid arguments.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// No socket to listen on, or an unusable activation environment.
+    #[error("{0}")]
+    Listen(String),
     /// `--queues` out of range.
     #[error("--queues must be 1..=64, got {0}")]
     Queues(u16),
@@ -56,6 +59,10 @@ impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(a: Args) -> Result<Self, Self::Error> {
+        let listen = a
+            .common
+            .listen()
+            .map_err(|e| ConfigError::Listen(e.to_string()))?;
         if !(1..=64).contains(&a.queues) {
             return Err(ConfigError::Queues(a.queues));
         }
@@ -69,7 +76,7 @@ impl TryFrom<Args> for Config {
         let mut serial = [0u8; ID_BYTES];
         serial[..s.len()].copy_from_slice(s);
         Ok(Config {
-            socket_path: a.common.socket_path,
+            listen,
             image: a.image,
             readonly: a.readonly,
             direct: a.direct,

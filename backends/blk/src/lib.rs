@@ -36,6 +36,7 @@ use std::sync::Arc;
 
 use log::{info, warn};
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
+use splitvm_backends::listener::ListenOn;
 
 use crate::blk::{ConfigSpace, DiskInfo, ID_BYTES, SECTOR_SIZE};
 use crate::io::EngineKind;
@@ -51,8 +52,8 @@ const SEG_MAX: u32 = 128;
 /// Everything `splitvm-blk` needs, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// vhost-user socket.
-    pub socket_path: PathBuf,
+    /// vhost-user socket: a path, or an inherited listening fd.
+    pub listen: ListenOn,
     /// Raw image: regular file or block device.
     pub image: PathBuf,
     /// Refuse writes and advertise `VIRTIO_BLK_F_RO`.
@@ -132,7 +133,7 @@ fn open_image(cfg: &Config) -> Result<(File, u64), BlkBackendError> {
     Ok((file, capacity))
 }
 
-/// Opens the image and serves frontends on `config.socket_path` until
+/// Opens the image and serves frontends on `config.listen` until
 /// SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), BlkBackendError> {
     let (file, capacity) = open_image(&config)?;
@@ -175,7 +176,7 @@ pub fn start_backend(config: Config) -> Result<(), BlkBackendError> {
     );
     let serve = ServeConfig {
         name: "splitvm-blk".into(),
-        socket_path: config.socket_path.clone(),
+        listen: config.listen.clone(),
         reconnect: true,
     };
     daemon::serve(&serve, || {

@@ -27,9 +27,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::blk::{DiskInfo, MAX_SEGMENTS};
 use crate::inflight::Region;
@@ -115,6 +113,8 @@ pub(crate) struct Inner {
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     pub(crate) workers: Vec<Mutex<Worker>>,
     warn: RateLimit,
+    /// The workers' exit events (closed with this connection's backend).
+    exit: splitvm_backends::exit::ExitEvents,
 }
 
 /// See the module docs. Cheap to clone (an `Arc`).
@@ -143,6 +143,7 @@ impl VhostUserBlkBackend {
                 mem: RwLock::new(None),
                 workers,
                 warn: RateLimit::default(),
+                exit: Default::default(),
             }),
         })
     }
@@ -237,6 +238,7 @@ impl VhostUserBackend for VhostUserBlkBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        splitvm_backends::backing::check(&mem)?;
         *self
             .inner
             .mem
@@ -250,7 +252,7 @@ impl VhostUserBackend for VhostUserBlkBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        self.inner.exit.make()
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {

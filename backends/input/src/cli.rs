@@ -41,6 +41,9 @@ pub struct Args {
 /// Invalid arguments.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// No socket to listen on, or an unusable activation environment.
+    #[error("{0}")]
+    Listen(String),
     /// Neither source given.
     #[error("one of --evdev PATH or --profile NAME --event-socket PATH is required")]
     NoSource,
@@ -59,6 +62,10 @@ impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(a: Args) -> Result<Self, Self::Error> {
+        let listen = a
+            .common
+            .listen()
+            .map_err(|e| ConfigError::Listen(e.to_string()))?;
         if !(1..=1 << 20).contains(&a.max_queued_events) {
             return Err(ConfigError::MaxQueued(a.max_queued_events));
         }
@@ -78,7 +85,7 @@ impl TryFrom<Args> for Config {
             _ => return Err(ConfigError::NoSource),
         };
         Ok(Config {
-            socket_path: a.common.socket_path,
+            listen,
             source,
             max_queued_events: a.max_queued_events,
         })

@@ -37,6 +37,7 @@ use std::sync::Arc;
 
 use log::info;
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
+use splitvm_backends::listener::ListenOn;
 
 use crate::evdev::{EvdevError, EvdevSource};
 use crate::event_socket::{EventSocket, EventSocketError};
@@ -68,8 +69,8 @@ pub enum Source {
 /// Everything `splitvm-input` needs, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// vhost-user socket.
-    pub socket_path: PathBuf,
+    /// vhost-user socket: a path, or an inherited listening fd.
+    pub listen: ListenOn,
     /// Event source.
     pub source: Source,
     /// Queue bound (events) while the guest has no buffers.
@@ -93,7 +94,7 @@ pub enum InputBackendError {
     Daemon(#[from] DaemonError),
 }
 
-/// Opens the event source and serves frontends on `config.socket_path`
+/// Opens the event source and serves frontends on `config.listen`
 /// until SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
     let mut socket = None;
@@ -132,7 +133,7 @@ pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
     };
     let serve = ServeConfig {
         name: "splitvm-input".into(),
-        socket_path: config.socket_path.clone(),
+        listen: config.listen.clone(),
         reconnect: true,
     };
     let result = daemon::serve(&serve, || Ok(VhostUserInputBackend::new(hub.clone())));

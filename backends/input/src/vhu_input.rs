@@ -23,9 +23,7 @@ use vm_memory::{
     Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
 };
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::hub::EventHub;
 use crate::input::{ConfigSpace, InputEvent, EVENT_SIZE};
@@ -71,6 +69,8 @@ struct Inner {
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     warn: RateLimit,
     reported_drops: AtomicU64,
+    /// The workers' exit events (closed with this connection's backend).
+    exit: splitvm_backends::exit::ExitEvents,
 }
 
 /// See the module docs. Cheap to clone (an `Arc`).
@@ -111,6 +111,7 @@ impl VhostUserInputBackend {
                     count: AtomicU64::new(0),
                 },
                 reported_drops: AtomicU64::new(0),
+                exit: Default::default(),
             }),
         }
     }
@@ -163,9 +164,11 @@ impl VhostUserInputBackend {
             if !event_idx {
                 break;
             }
-            match vring.enable_notification() {
-                Ok(true) if starved => continue,
-                _ => break,
+            // Re-enabled either way; another round only for a body that
+            // stopped for want of chains after using some (every chain it
+            // takes gets a used entry).
+            if !(splitvm_backends::avail::enable_and_recheck(vring, u) && starved) {
+                break;
             }
         }
         if used && vring.needs_notification().unwrap_or(true) {
@@ -336,6 +339,7 @@ impl VhostUserBackend for VhostUserInputBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        splitvm_backends::backing::check(&mem)?;
         *self
             .inner
             .mem
@@ -349,7 +353,7 @@ impl VhostUserBackend for VhostUserInputBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        self.inner.exit.make()
     }
 
     fn handle_event(

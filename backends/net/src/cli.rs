@@ -54,6 +54,9 @@ pub struct Args {
 /// Invalid arguments.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// No socket to listen on, or an unusable activation environment.
+    #[error("{0}")]
+    Listen(String),
     /// `--queues` out of range.
     #[error("--queues must be 1..=16, got {0}")]
     Queues(u16),
@@ -80,6 +83,10 @@ impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(a: Args) -> Result<Self, Self::Error> {
+        let listen = a
+            .common
+            .listen()
+            .map_err(|e| ConfigError::Listen(e.to_string()))?;
         let queues = match (a.queues, a.tap_fd.len()) {
             (Some(q), 0) => q,
             (None, 0) => 1,
@@ -106,7 +113,7 @@ impl TryFrom<Args> for Config {
             None => TapSource::Fds(a.tap_fd),
         };
         Ok(Config {
-            socket_path: a.common.socket_path,
+            listen,
             tap,
             mac,
             queues,

@@ -20,7 +20,6 @@ pub mod tap;
 pub mod vhu_net;
 
 use std::os::fd::RawFd;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -29,6 +28,7 @@ use log::info;
 use signal_hook::consts::{SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
+use splitvm_backends::listener::ListenOn;
 
 use crate::device::{feature_names, NetDevice};
 use crate::net::Counters;
@@ -47,8 +47,8 @@ pub enum TapSource {
 /// Everything `splitvm-net` needs, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// vhost-user socket.
-    pub socket_path: PathBuf,
+    /// vhost-user socket: a path, or an inherited listening fd.
+    pub listen: ListenOn,
     /// The tap.
     pub tap: TapSource,
     /// MAC in the config space.
@@ -84,7 +84,7 @@ fn open_taps(cfg: &Config) -> Result<Vec<Tap>, TapError> {
     }
 }
 
-/// Opens the tap and serves frontends on `config.socket_path` until
+/// Opens the tap and serves frontends on `config.listen` until
 /// SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), NetBackendError> {
     let taps = open_taps(&config)?;
@@ -123,7 +123,7 @@ pub fn start_backend(config: Config) -> Result<(), NetBackendError> {
 
     let serve = ServeConfig {
         name: "splitvm-net".into(),
-        socket_path: config.socket_path.clone(),
+        listen: config.listen.clone(),
         reconnect: true,
     };
     let mut connections = 0u64;

@@ -24,7 +24,12 @@ pub(crate) struct Seg {
 /// The descriptors of `chain`, all of one direction (`write`).
 pub(crate) fn segments(chain: DescriptorChain<Mem>, write: bool) -> Result<Vec<Seg>, NetError> {
     let mut v = Vec::new();
+    // `virtio-queue` ends the walk quietly on a loop or a bad `next`; the
+    // last descriptor then still says NEXT, and the chain is refused
+    // rather than used as far as it could be read.
+    let mut cut_short = false;
     for d in chain {
+        cut_short = d.has_next();
         if v.len() >= MAX_SEGS {
             return Err(NetError::BadChain("too many descriptors"));
         }
@@ -39,6 +44,11 @@ pub(crate) fn segments(chain: DescriptorChain<Mem>, write: bool) -> Result<Vec<S
             addr: d.addr(),
             len: d.len() as usize,
         });
+    }
+    if cut_short {
+        return Err(NetError::BadChain(
+            "chain cut short: a loop or a bad next index",
+        ));
     }
     if capacity(&v) == 0 {
         return Err(NetError::BadChain("no buffer space"));

@@ -25,9 +25,7 @@ use vm_memory::{
     GuestMemoryMmap,
 };
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use splitvm_backends::proxy::Intercept;
 
@@ -70,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     pub(crate) pairs: Vec<Mutex<Pair>>,
     pub(crate) warn: RateLimit,
+    /// The workers' exit events (closed with this connection's backend).
+    exit: splitvm_backends::exit::ExitEvents,
 }
 
 /// See the module docs. Cheap to clone (an `Arc`).
@@ -115,6 +115,7 @@ impl VhostUserNetBackend {
                 mem: RwLock::new(None),
                 pairs,
                 warn: RateLimit::default(),
+                exit: Default::default(),
             }),
         }
     }
@@ -189,6 +190,7 @@ impl VhostUserNetBackend {
             if event_idx {
                 let _ = vring.disable_notification();
             }
+            let mut popped = false;
             loop {
                 let chain = vring
                     .get_mut()
@@ -197,6 +199,7 @@ impl VhostUserNetBackend {
                 let Some(chain) = chain else {
                     break;
                 };
+                popped = true;
                 let head = chain.head_index();
                 if let Err(e) = self.tx_one(tap, &mem, &mut pair.out, chain) {
                     Counters::bump(&dev.counters.tx_bad);
@@ -205,7 +208,7 @@ impl VhostUserNetBackend {
                 Self::add_used(vring, head, 0);
                 used = true;
             }
-            if !event_idx || !matches!(vring.enable_notification(), Ok(true)) {
+            if !event_idx || !splitvm_backends::avail::enable_and_recheck(vring, popped) {
                 break;
             }
         }
@@ -412,6 +415,7 @@ impl VhostUserBackend for VhostUserNetBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        splitvm_backends::backing::check(&mem)?;
         *self
             .inner
             .mem
@@ -434,7 +438,7 @@ impl VhostUserBackend for VhostUserNetBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        self.inner.exit.make()
     }
 
     fn handle_event(

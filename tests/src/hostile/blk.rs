@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{Desc, HostileFrontend, Setup, DATA_BASE, F_WRITE};
+use super::{Desc, HostileFrontend, Setup, F_WRITE};
 use crate::proc::ChildGuard;
 
 /// Request types.
@@ -58,30 +58,20 @@ pub struct Reply {
 pub struct BlkDev {
     /// The frontend.
     pub fe: HostileFrontend,
-    next_desc: Vec<u16>,
-    alloc: u64,
 }
 
 impl BlkDev {
     /// Connects to a blk backend at `socket`.
     pub fn connect(socket: &Path, setup: Setup) -> Self {
-        let queues = setup.queues;
         BlkDev {
             fe: HostileFrontend::connect(socket, setup),
-            next_desc: vec![0; queues],
-            alloc: DATA_BASE,
         }
     }
 
     /// A blk device on an already set-up frontend (for example one from
     /// [`super::inflight::connect`]).
     pub fn from_frontend(fe: HostileFrontend) -> Self {
-        let queues = fe.queues.len();
-        BlkDev {
-            fe,
-            next_desc: vec![0; queues],
-            alloc: DATA_BASE,
-        }
+        BlkDev { fe }
     }
 
     /// Capacity in sectors (config space).
@@ -90,23 +80,14 @@ impl BlkDev {
         u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
     }
 
-    /// Allocates `len` bytes of guest memory (4 KiB aligned), wrapping
-    /// around when the data area is used up.
+    /// See [`HostileFrontend::alloc`].
     pub fn alloc(&mut self, len: u64) -> u64 {
-        let len = (len.max(1) + 0xfff) & !0xfff;
-        if self.alloc + len > self.fe.mem.size {
-            self.alloc = DATA_BASE;
-        }
-        let at = self.alloc;
-        self.alloc += len;
-        at
+        self.fe.alloc(len)
     }
 
-    /// Allocates a buffer holding `data`.
+    /// See [`HostileFrontend::buf`].
     pub fn buf(&mut self, data: &[u8]) -> u64 {
-        let at = self.alloc(data.len() as u64);
-        self.fe.mem.write(at, data);
-        at
+        self.fe.buf(data)
     }
 
     /// Allocates a 16-byte request header.
@@ -122,23 +103,14 @@ impl BlkDev {
         self.buf(&[S_UNTOUCHED])
     }
 
-    /// Writes `descs` as one chain on queue `q` (fresh descriptor slots),
-    /// submits it and waits for its used entry; returns `(id, len)`.
+    /// See [`HostileFrontend::submit_raw`].
     pub fn raw(&mut self, q: usize, descs: &[Desc]) -> (u32, u32) {
-        let head = self.write_raw(q, descs);
-        self.fe.submit(q, head);
-        let used = self.fe.wait_used(q);
-        assert_eq!(used.0, u32::from(head), "used id is the chain head");
-        used
+        self.fe.submit_raw(q, descs)
     }
 
-    /// Writes `descs` as one chain on queue `q` without submitting it.
+    /// See [`HostileFrontend::write_raw`].
     pub fn write_raw(&mut self, q: usize, descs: &[Desc]) -> u16 {
-        let ring = self.fe.queues[q].ring.clone();
-        let first = self.next_desc[q];
-        ring.write_chain(&self.fe.mem, first, descs);
-        self.next_desc[q] = ((first as usize + descs.len().max(1)) % ring.size as usize) as u16;
-        first
+        self.fe.write_raw(q, descs)
     }
 
     /// A request with a readable `out` payload and an `in_len`-byte
@@ -240,5 +212,15 @@ impl BlkDev {
         let r = self.read(sector, 512);
         assert_eq!(r.status, S_OK, "read after hostile request");
         assert_eq!(r.data, pattern, "data after hostile request");
+    }
+}
+
+impl super::cases::Device for BlkDev {
+    fn fe(&mut self) -> &mut HostileFrontend {
+        &mut self.fe
+    }
+
+    fn assert_alive(&mut self, _tag: &str) {
+        BlkDev::assert_alive(self, 7);
     }
 }

@@ -216,6 +216,8 @@ pub fn connect(socket: &Path, setup: Setup) -> (HostileFrontend, Region) {
         acked,
         protocol,
         timeout: setup.timeout,
+        next_desc: vec![0; setup.queues],
+        next_gpa: super::DATA_BASE,
     };
     start(&mut h, &region, &vec![0; setup.queues]);
     (h, region)

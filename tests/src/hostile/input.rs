@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::VhostUserFrontend;
 
-use super::{Desc, HostileFrontend, Setup, DATA_BASE, F_WRITE};
+use super::{Desc, HostileFrontend, Setup, F_WRITE};
 use crate::proc::ChildGuard;
 
 /// The event queue.
@@ -159,8 +159,6 @@ impl EventClient {
 pub struct InputDev {
     /// The frontend.
     pub fe: HostileFrontend,
-    next_desc: [u16; 2],
-    alloc: u64,
     /// Buffer gpa of each outstanding head, per queue.
     pub outstanding: [HashMap<u16, u64>; 2],
 }
@@ -181,8 +179,6 @@ impl InputDev {
     pub fn connect_with(socket: &Path, setup: Setup) -> Self {
         InputDev {
             fe: HostileFrontend::connect(socket, setup),
-            next_desc: [0; 2],
-            alloc: DATA_BASE,
             outstanding: [HashMap::new(), HashMap::new()],
         }
     }
@@ -218,25 +214,14 @@ impl InputDev {
         Some([v(0), v(4), v(8), v(12), v(16)])
     }
 
-    /// Allocates `len` bytes of guest memory (16-byte aligned).
+    /// See [`HostileFrontend::alloc`].
     pub fn alloc(&mut self, len: u64) -> u64 {
-        let len = (len.max(1) + 15) & !15;
-        if self.alloc + len > self.fe.mem.size {
-            self.alloc = DATA_BASE;
-        }
-        let at = self.alloc;
-        self.alloc += len;
-        at
+        self.fe.alloc(len)
     }
 
-    /// Writes `descs` as a chain on queue `q` in fresh descriptor slots;
-    /// returns the head (not yet made available).
+    /// See [`HostileFrontend::write_raw`].
     pub fn write_raw(&mut self, q: usize, descs: &[Desc]) -> u16 {
-        let ring = &self.fe.queues[q].ring;
-        let size = ring.size;
-        let first = self.next_desc[q];
-        self.next_desc[q] = ((usize::from(first) + descs.len()) % usize::from(size)) as u16;
-        ring.write_chain(&self.fe.mem, first, descs)
+        self.fe.write_raw(q, descs)
     }
 
     /// Posts `n` empty 8-byte event buffers on the eventq (one kick).

@@ -5,9 +5,11 @@
 //! builders sit beside it (`blk.rs`); net and input reuse this core.
 
 pub mod blk;
+pub mod cases;
 pub mod inflight;
 pub mod input;
 pub mod mem;
+pub mod msg;
 pub mod net;
 pub mod vring;
 
@@ -91,6 +93,10 @@ pub struct HostileFrontend {
     pub protocol: VhostUserProtocolFeatures,
     /// Per-completion deadline.
     pub timeout: Duration,
+    /// Next free descriptor slot per queue (chains are written to fresh slots).
+    next_desc: Vec<u16>,
+    /// Next free gpa in the data area.
+    next_gpa: u64,
 }
 
 /// Gpa where queue `i` lives (64 KiB per queue, below the data area).
@@ -149,6 +155,8 @@ impl HostileFrontend {
             acked,
             protocol,
             timeout: setup.timeout,
+            next_desc: vec![0; setup.queues],
+            next_gpa: DATA_BASE,
         };
         for i in 0..setup.queues {
             let ring = SplitQueue::new(queue_base(i), setup.queue_size, acked & EVENT_IDX != 0);
@@ -185,6 +193,46 @@ impl HostileFrontend {
         if self.acked & PROTOCOL_FEATURES != 0 {
             self.fe.set_vring_enable(i, true).expect("SET_VRING_ENABLE");
         }
+    }
+
+    /// Allocates `len` bytes of guest memory in the data area (4 KiB
+    /// aligned), wrapping around when it is used up. The one allocator of
+    /// every device's request builders.
+    pub fn alloc(&mut self, len: u64) -> u64 {
+        let len = (len.max(1) + 0xfff) & !0xfff;
+        if self.next_gpa + len > self.mem.size {
+            self.next_gpa = DATA_BASE;
+        }
+        let at = self.next_gpa;
+        self.next_gpa += len;
+        at
+    }
+
+    /// Allocates a buffer holding `data`.
+    pub fn buf(&mut self, data: &[u8]) -> u64 {
+        let at = self.alloc(data.len() as u64);
+        self.mem.write(at, data);
+        at
+    }
+
+    /// Writes `descs` as one chain on queue `q` in fresh descriptor slots,
+    /// without making it available; returns the head.
+    pub fn write_raw(&mut self, q: usize, descs: &[Desc]) -> u16 {
+        let ring = &self.queues[q].ring;
+        let first = self.next_desc[q];
+        ring.write_chain(&self.mem, first, descs);
+        self.next_desc[q] = ((first as usize + descs.len().max(1)) % ring.size as usize) as u16;
+        first
+    }
+
+    /// Writes `descs` on queue `q`, submits it and waits for its used
+    /// entry, which must name its head; returns `(id, len)`.
+    pub fn submit_raw(&mut self, q: usize, descs: &[Desc]) -> (u32, u32) {
+        let head = self.write_raw(q, descs);
+        self.submit(q, head);
+        let used = self.wait_used(q);
+        assert_eq!(used.0, u32::from(head), "used id is the chain head");
+        used
     }
 
     /// Reads `size` bytes of the device config space at `offset`.
@@ -256,4 +304,21 @@ pub fn wait_readable(fd: &EventFd, limit: Duration) {
 /// Converts a region for `SET_MEM_TABLE` (re-exported for other tests).
 pub fn region_info(mem: &GuestMem) -> VhostUserMemoryRegionInfo {
     mem.region_info()
+}
+
+/// Runs `f` on its own thread and returns its result, or panics if it
+/// failed or took longer than `limit` (a backend stuck in a worker never
+/// answers a new frontend; without this the test would hang instead of
+/// failing).
+pub fn within<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|e| panic!("{what}: failed or not done within {limit:?} ({e})"))
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::VhostUserFrontend;
 
-use super::{Desc, HostileFrontend, Setup, DATA_BASE, F_WRITE};
+use super::{Desc, HostileFrontend, Setup, F_WRITE};
 use crate::proc::ChildGuard;
 
 /// Ethertype of the test frames (IEEE local experimental).
@@ -271,8 +271,6 @@ impl RxPacket {
 pub struct NetDev {
     /// The frontend.
     pub fe: HostileFrontend,
-    next_desc: Vec<u16>,
-    alloc: u64,
     rx_bufs: HashMap<(usize, u16), u64>,
     req: Option<UnixStream>,
 }
@@ -280,11 +278,8 @@ pub struct NetDev {
 impl NetDev {
     /// Connects with one pair and the control queue (3 queues).
     pub fn connect(socket: &Path, setup: Setup) -> Self {
-        let queues = setup.queues;
         NetDev {
             fe: HostileFrontend::connect(socket, setup),
-            next_desc: vec![0; queues],
-            alloc: DATA_BASE,
             rx_bufs: HashMap::new(),
             req: None,
         }
@@ -300,31 +295,19 @@ impl NetDev {
         }
     }
 
-    /// Allocates `len` bytes of guest memory (4 KiB aligned, wrapping).
+    /// See [`HostileFrontend::alloc`].
     pub fn alloc(&mut self, len: u64) -> u64 {
-        let len = (len.max(1) + 0xfff) & !0xfff;
-        if self.alloc + len > self.fe.mem.size {
-            self.alloc = DATA_BASE;
-        }
-        let at = self.alloc;
-        self.alloc += len;
-        at
+        self.fe.alloc(len)
     }
 
-    /// Allocates a buffer holding `data`.
+    /// See [`HostileFrontend::buf`].
     pub fn buf(&mut self, data: &[u8]) -> u64 {
-        let at = self.alloc(data.len() as u64);
-        self.fe.mem.write(at, data);
-        at
+        self.fe.buf(data)
     }
 
-    /// Writes `descs` as one chain on queue `q` without submitting it.
+    /// See [`HostileFrontend::write_raw`].
     pub fn write_raw(&mut self, q: usize, descs: &[Desc]) -> u16 {
-        let ring = self.fe.queues[q].ring.clone();
-        let first = self.next_desc[q];
-        ring.write_chain(&self.fe.mem, first, descs);
-        self.next_desc[q] = ((first as usize + descs.len().max(1)) % ring.size as usize) as u16;
-        first
+        self.fe.write_raw(q, descs)
     }
 
     /// Submits `descs` on the TX queue and waits for its used entry.
@@ -334,11 +317,7 @@ impl NetDev {
 
     /// Submits `descs` on TX queue `q` and waits for its used entry.
     pub fn tx_raw_on(&mut self, q: usize, descs: &[Desc]) -> (u32, u32) {
-        let head = self.write_raw(q, descs);
-        self.fe.submit(q, head);
-        let used = self.fe.wait_used(q);
-        assert_eq!(used.0, u32::from(head), "TX used id is the chain head");
-        used
+        self.fe.submit_raw(q, descs)
     }
 
     /// Sends `hdr` + `frame` in one descriptor.

@@ -93,6 +93,11 @@ pub(super) fn run_nested(bins: &Path, runs: &[L2], packs: &Packs<'_>) -> (i32, V
     if !packs.scenarios.is_empty() {
         cmd.arg("--file")
             .arg(format!("{}:/lab/tools", guest_tools().display()));
+        // examples/vm.toml for the up scenario.
+        cmd.arg("--file").arg(format!(
+            "{}:/lab/examples",
+            workspace_root().join("examples").display()
+        ));
     }
     for (name, limit) in packs.scenarios {
         let dir = workspace_root().join("tests/lab/scenarios").join(name);

@@ -313,8 +313,9 @@ fn drain(stream: &mut UnixStream, limits: &Limits) {
     }
 }
 
-/// Serves one connection: reads one request, answers it, closes.
-fn serve_connection(mut stream: UnixStream, control: &dyn VmmControl, limits: &Limits) {
+/// Serves one connection: reads one request, answers it, closes. Public
+/// for the fuzz harness, which feeds it a socketpair.
+pub fn serve_connection(mut stream: UnixStream, control: &dyn VmmControl, limits: &Limits) {
     let (resp, drain_after) = match read_request(&mut stream, limits) {
         Ok(req) => {
             let resp = routes::handle(control, &req.method, &req.target, &req.body);

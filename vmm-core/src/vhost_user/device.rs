@@ -477,7 +477,8 @@ impl VhostUserDevice {
         )
     }
 
-    /// The backend process's pid, from the socket's peer credentials.
+    /// The backend process's pid, from the socket's peer credentials, if
+    /// that process still runs.
     pub fn backend_pid(&self) -> Option<u32> {
         if !self.connected {
             return None;
@@ -499,7 +500,15 @@ impl VhostUserDevice {
                 &mut len,
             )
         };
-        (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+        // The credentials are those of whoever last called listen() on the
+        // socket when splitvm connected. A socket a supervisor owns may have
+        // taken the connection while the previous backend was already dead
+        // (the new one accepted it from the backlog): report no pid then
+        // rather than a dead one.
+        let pid = (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)?;
+        std::path::Path::new(&format!("/proc/{pid}"))
+            .exists()
+            .then_some(pid)
     }
 
     /// Requests completed so far and requests in flight, read from the

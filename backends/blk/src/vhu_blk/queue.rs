@@ -43,7 +43,7 @@ impl VhostUserBlkBackend {
                 let _ = vring.disable_notification();
             }
             let mut used = false;
-            let mut progress = false;
+            let mut popped = false;
             loop {
                 let chain = vring
                     .get_mut()
@@ -52,13 +52,13 @@ impl VhostUserBlkBackend {
                 let Some(chain) = chain else {
                     break;
                 };
-                progress = true;
+                popped = true;
                 used |= self.start_chain(q, w, vring, &mem, chain);
             }
             // One io_uring_enter for everything popped in this pass.
             w.engine.commit();
             let (reaped, added) = self.reap(q, w, vring, &mem);
-            progress |= reaped;
+            let progress = popped || reaped;
             if used || added {
                 Self::notify(vring);
             }
@@ -72,9 +72,8 @@ impl VhostUserBlkBackend {
             if !event_idx {
                 break;
             }
-            match vring.enable_notification() {
-                Ok(true) => continue,
-                _ => break,
+            if !splitvm_backends::avail::enable_and_recheck(vring, popped) {
+                break;
             }
         }
         w.poll.sleeping();

@@ -1,0 +1,52 @@
+//! Every guest memory region the frontend hands over must lie within its
+//! fd. `vhost-user-backend` maps a region as large as the memory table
+//! says, even past the end of the file (a 64 TiB region on a 1 MiB memfd
+//! is accepted), and the first guest access beyond the file then kills the
+//! backend with SIGBUS. Found by the `vhost_user_blk` fuzz target;
+//! `tests/it/*_hostile.rs` (`*_vhost_user_messages`) and
+//! `fuzz/regressions/vhost_user_blk/` cover it.
+
+use std::io;
+
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+
+/// Checks the regions in `mem` (what `VhostUserBackend::update_memory`
+/// receives). On a region past the end of its fd, `mem` is emptied
+/// (the daemon has already installed it for the vrings: nothing may touch
+/// it) and an error is returned, which fails the request.
+pub fn check(mem: &GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+    let bad = first_unbacked(&mem.memory());
+    match bad {
+        None => Ok(()),
+        Some(why) => {
+            mem.lock()
+                .map_err(|_| io::Error::other("guest memory lock poisoned"))?
+                .replace(GuestMemoryMmap::new());
+            Err(io::Error::new(io::ErrorKind::InvalidInput, why))
+        }
+    }
+}
+
+fn first_unbacked(mem: &GuestMemoryMmap) -> Option<String> {
+    for r in mem.iter() {
+        let Some(fo) = r.file_offset() else {
+            continue;
+        };
+        let size = match fo.file().metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return Some(format!("cannot stat a guest memory fd: {e}")),
+        };
+        let end = fo.start().checked_add(r.len());
+        if end.is_none_or(|e| e > size) {
+            return Some(format!(
+                "guest memory region at {:#x} ({} bytes at fd offset {}) ends past its fd ({size} bytes)",
+                r.start_addr().0,
+                r.len(),
+                fo.start()
+            ));
+        }
+    }
+    None
+}

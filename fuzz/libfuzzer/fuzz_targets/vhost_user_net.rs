@@ -1,0 +1,6 @@
+//! Fuzz target `vhost_user_net`: see `splitvm_fuzz_harness` for what it runs.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    splitvm_fuzz_harness::vhost_msg::run_net(data);
+});
