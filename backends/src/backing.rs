@@ -2,9 +2,10 @@
 //! fd. `vhost-user-backend` maps a region as large as the memory table
 //! says, even past the end of the file (a 64 TiB region on a 1 MiB memfd
 //! is accepted), and the first guest access beyond the file then kills the
-//! backend with SIGBUS. Found by the `vhost_user_blk` fuzz target;
-//! `tests/it/*_hostile.rs` (`*_vhost_user_messages`) and
-//! `fuzz/regressions/vhost_user_blk/` cover it.
+//! backend with SIGBUS. Found by the hostile vhost-user message tests
+//! (`tests/it/*_hostile.rs`, `*_vhost_user_messages`: such a table was
+//! acked); `fuzz/regressions/vhost_user_blk/region-past-its-fd` is the
+//! crash it led to.
 
 use std::io;
 

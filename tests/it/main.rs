@@ -13,6 +13,7 @@ mod input_hostile;
 mod input_qemu;
 mod nested_lab;
 mod net_cli;
+mod net_dpdk;
 mod net_hostile;
 mod net_qemu;
 mod up;

@@ -2,7 +2,7 @@
 # Boots the nested lab's level 1 and runs a lab script in it.
 #
 #   run-l1.sh --bin-dir DIR --script L1SCRIPT [--file SRC:DEST]... [--with-qemu] [--with-qsd]
-#             [--timeout SECS] [--memory MB] [--verbose]
+#             [--with-dpdk] [--timeout SECS] [--memory MB] [--verbose]
 #
 # Level 1 is Debian's kernel under `qemu-system-x86_64 -M microvm -accel tcg
 # -cpu max` with nested SVM (kvm-amd), so it has a real /dev/kvm. Its
@@ -10,7 +10,11 @@
 # here: the project's binaries from DIR (splitvm, splitvm-blk, splitvm-net,
 # splitvm-input, whichever exist) in /opt/splitvm/bin with their shared
 # libraries, lab-timer, /lab/run.sh (= L1SCRIPT), /lab/lib.sh, extra files,
-# and with --with-qemu QEMU itself (binary, libraries, firmware).
+# with --with-qemu QEMU itself (binary, libraries, firmware), with
+# --with-qsd qemu-storage-daemon, and with --with-dpdk DPDK's dpdk-testpmd
+# with the drivers a vhost-user/tap forwarder needs (vdev bus, ring
+# mempool, vhost and tap PMDs) in DPDK's plugin directory, which its EAL
+# loads at start.
 #
 # The level-1 serial console is streamed to stdout, each line prefixed with
 # "[l1] ". Exit status: the rc of "SPLITVM-L1-DONE rc=N", or 1 if that line
@@ -38,6 +42,7 @@ script=
 files=()
 with_qemu=0
 with_qsd=0
+with_dpdk=0
 timeout=900
 memory=2048
 verbose=0
@@ -61,6 +66,10 @@ while [[ $# -gt 0 ]]; do
 		;;
 	--with-qsd)
 		with_qsd=1
+		shift
+		;;
+	--with-dpdk)
+		with_dpdk=1
 		shift
 		;;
 	--timeout)
@@ -171,6 +180,32 @@ if [[ $with_qsd == 1 ]]; then
 	qsd=$(command -v qemu-storage-daemon) || die "--with-qsd: qemu-storage-daemon not installed"
 	copy_with_libs "$stage" "$qsd" /usr/bin/qemu-storage-daemon
 	log "packed qemu-storage-daemon"
+fi
+if [[ $with_dpdk == 1 ]]; then
+	testpmd=$(command -v dpdk-testpmd) || die "--with-dpdk: dpdk-testpmd not installed (package dpdk-dev)"
+	copy_with_libs "$stage" "$testpmd" /usr/bin/dpdk-testpmd
+	# The EAL loads every driver in the plugin directory it was built
+	# with (DPDK_PLUGIN_PATH in librte_eal); only the drivers needed here
+	# go in, so the others (and their libraries: verbs, pcap, ...) stay out.
+	# A driver testpmd links already (the vdev bus) stays out too: without
+	# the host's symlinks and ld.so.cache, level 1 would hold two copies of
+	# it, the EAL would load the second one as well, and the --vdev devices
+	# would land on a second vdev bus that has no drivers.
+	linked=$(ldd "$testpmd")
+	eal=$(awk '/librte_eal\.so/ { print $3 }' <<<"$linked")
+	pmds=$(grep -a -o 'DPDK_PLUGIN_PATH=[[:graph:]]*' "$eal" | sed -n '1s/^DPDK_PLUGIN_PATH=//p')
+	[[ -n $pmds && -d $pmds ]] || die "--with-dpdk: no DPDK plugin directory named in $eal"
+	for d in bus_vdev mempool_ring net_vhost net_tap; do
+		[[ $linked == *"librte_$d.so"* ]] && continue
+		found=0
+		for f in "$pmds"/librte_"$d".so.*; do
+			[[ -f $f && ! -L $f ]] || continue
+			copy_with_libs "$stage" "$f" "$f"
+			found=1
+		done
+		((found)) || die "--with-dpdk: no $d driver in $pmds"
+	done
+	log "packed dpdk-testpmd ($pmds)"
 fi
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$work/overlay.cpio"
 cat "$L1_INITRAMFS" "$work/overlay.cpio" >"$work/initrd.cpio"

@@ -263,6 +263,7 @@ pub struct Lab {
     runs: Vec<L2>,
     with_qemu: bool,
     with_qsd: bool,
+    with_dpdk: bool,
     /// Level-1 scenarios: directories under `tests/lab/scenarios/`, with limits.
     scenarios: Vec<(String, Duration)>,
 }
@@ -308,6 +309,12 @@ impl Lab {
         self
     }
 
+    /// Packs DPDK's `dpdk-testpmd` and the drivers it needs into level 1.
+    pub fn with_dpdk(mut self) -> Lab {
+        self.with_dpdk = true;
+        self
+    }
+
     /// Runs the probe, then level 1 with every remaining scenario. Does not
     /// panic on guest failures: the returned [`LabRun`] says what happened.
     pub fn run(self) -> LabRun {
@@ -331,6 +338,7 @@ impl Lab {
             let packs = Packs {
                 qemu: self.with_qemu,
                 qsd: self.with_qsd,
+                dpdk: self.with_dpdk,
                 scenarios: &self.scenarios,
             };
             let (st, l) = run_nested(&bins, &nested, &packs);

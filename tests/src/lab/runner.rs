@@ -36,6 +36,7 @@ fn shell_quote(s: &str) -> String {
 pub(super) struct Packs<'a> {
     pub(super) qemu: bool,
     pub(super) qsd: bool,
+    pub(super) dpdk: bool,
     pub(super) scenarios: &'a [(String, Duration)],
 }
 
@@ -120,6 +121,9 @@ pub(super) fn run_nested(bins: &Path, runs: &[L2], packs: &Packs<'_>) -> (i32, V
     }
     if packs.qsd {
         cmd.arg("--with-qsd");
+    }
+    if packs.dpdk {
+        cmd.arg("--with-dpdk");
     }
     cmd.process_group(0);
     let guard = ChildGuard::spawn("lab", cmd);

@@ -18,7 +18,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend_req::{BackendReqThread, ConfigState};
 use super::frontend::{BackendConnection, FrontendError, F_PROTOCOL_FEATURES};
-use super::kind::VIRTIO_F_ACCESS_PLATFORM;
 pub use super::kind::{DeviceKind, DEFAULT_QUEUE_SIZE};
 use crate::devices::virtio::mmio::ConfigNotifier;
 use crate::devices::virtio::{Activation, DeviceError, QueueConfig, VirtioDevice};
@@ -124,9 +123,9 @@ impl VhostUserDevice {
         };
         dev.start_backend_requests()?;
         dev.refresh_config()?;
-        let mut n = kind.num_queues(&dev.config, dev.conn.features);
+        let mut n = kind.num_queues(&dev.config, dev.features());
         if let Some(max) = dev.conn.queue_num {
-            n = n.min(max as usize);
+            n = n.min(kind.max_queues(max));
         }
         dev.num_queues = n.max(1);
         Ok(dev)
@@ -458,8 +457,8 @@ impl VhostUserDevice {
         if self.kind != DeviceKind::Net {
             return Err(format!("{} is not a net device", self.socket().display()));
         }
-        if self.conn.features & VIRTIO_NET_F_STATUS == 0 {
-            return Err("the backend does not offer VIRTIO_NET_F_STATUS".to_string());
+        if self.features() & VIRTIO_NET_F_STATUS == 0 {
+            return Err("the guest is not offered VIRTIO_NET_F_STATUS".to_string());
         }
         self.link_override = Some(up);
         Ok(())
@@ -469,6 +468,10 @@ impl VhostUserDevice {
     pub fn link_up(&self) -> Option<bool> {
         if self.kind != DeviceKind::Net {
             return None;
+        }
+        if self.features() & VIRTIO_NET_F_STATUS == 0 {
+            // Without STATUS the guest assumes the link is up.
+            return Some(true);
         }
         let status = self.config.get(NET_STATUS_OFFSET).copied().unwrap_or(0);
         Some(
@@ -555,7 +558,10 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn features(&self) -> u64 {
-        self.conn.features & !(F_PROTOCOL_FEATURES | VIRTIO_F_ACCESS_PLATFORM)
+        self.kind.guest_features(
+            self.conn.features,
+            self.conn.has(VhostUserProtocolFeatures::CONFIG),
+        )
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
