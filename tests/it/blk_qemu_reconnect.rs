@@ -75,7 +75,10 @@ fn blk_qemu_reconnect_backend_killed_mid_dd() {
         .unwrap();
     let bdir = dir.path().join("b");
     fs::create_dir_all(&bdir).unwrap();
-    let args = ["--serial", "splitvm-rc"];
+    // O_DIRECT: requests go through io_uring and stay in flight for the
+    // disk's latency, long enough to be caught in the region below (buffered
+    // I/O completes inline, in microseconds).
+    let args = ["--serial", "splitvm-rc", "--direct"];
     let (backend, sock) = spawn_blk(&bdir, &img, &args);
     wait_for("backend socket", Duration::from_secs(10), || {
         sock.exists().then_some(())

@@ -189,9 +189,9 @@ fn le64(b: &[u8], at: usize) -> u64 {
 
 const RANGE_F_UNMAP: u32 = 1;
 
-/// Takes `len` bytes starting `skip` bytes into `segs`.
-fn cut(segs: &[Segment], mut skip: u64, mut len: u64) -> Vec<Segment> {
-    let mut out = Vec::new();
+/// Calls `f` with each piece of the `len` bytes starting `skip` bytes into
+/// `segs`, in order, until `f` returns false.
+fn cut_each(segs: &[Segment], mut skip: u64, mut len: u64, mut f: impl FnMut(Segment) -> bool) {
     for s in segs {
         if len == 0 {
             break;
@@ -201,15 +201,27 @@ fn cut(segs: &[Segment], mut skip: u64, mut len: u64) -> Vec<Segment> {
             continue;
         }
         let take = (s.len - skip).min(len);
-        out.push(Segment {
+        let piece = Segment {
             addr: s.addr.saturating_add(skip),
             len: take,
             write: s.write,
-        });
+        };
+        if !f(piece) {
+            break;
+        }
         len -= take;
         skip = 0;
     }
-    out
+}
+
+/// Takes `len` bytes starting `skip` bytes into `segs`, into `out`
+/// (cleared first; reused across requests so parsing does not allocate).
+fn cut_into(segs: &[Segment], skip: u64, len: u64, out: &mut Vec<Segment>) {
+    out.clear();
+    cut_each(segs, skip, len, |s| {
+        out.push(s);
+        true
+    });
 }
 
 fn total(segs: &[Segment]) -> u64 {
@@ -237,13 +249,24 @@ fn gather<M: GuestMemoryBackend, const N: usize>(
 ) -> Option<[u8; N]> {
     let mut buf = [0u8; N];
     let mut at = 0usize;
-    for s in cut(segs, skip, N as u64) {
-        let n = usize::try_from(s.len).ok()?;
-        let dst = buf.get_mut(at..at.checked_add(n)?)?;
-        mem.read_slice(dst, GuestAddress(s.addr)).ok()?;
-        at += n;
-    }
-    (at == N).then_some(buf)
+    let mut ok = true;
+    cut_each(segs, skip, N as u64, |s| {
+        let dst = usize::try_from(s.len)
+            .ok()
+            .and_then(|n| at.checked_add(n))
+            .and_then(|end| buf.get_mut(at..end));
+        let read = match dst {
+            Some(dst) => mem.read_slice(dst, GuestAddress(s.addr)).is_ok(),
+            None => false,
+        };
+        if read {
+            // `s.len` fit in usize above.
+            at += s.len as usize;
+        }
+        ok &= read;
+        read
+    });
+    (ok && at == N).then_some(buf)
 }
 
 /// Parses one chain. `descs` are its descriptors in order; `truncated` says
@@ -254,6 +277,19 @@ pub fn parse<M: GuestMemoryBackend>(
     descs: &[Segment],
     truncated: bool,
 ) -> Result<Request, Rejected> {
+    parse_in(mem, disk, descs, truncated, Vec::new())
+}
+
+/// [`parse`] with `data` as the storage of [`Request::data`], so that a
+/// caller recycling it parses without allocating.
+pub fn parse_in<M: GuestMemoryBackend>(
+    mem: &M,
+    disk: &DiskInfo,
+    descs: &[Segment],
+    truncated: bool,
+    mut data: Vec<Segment>,
+) -> Result<Request, Rejected> {
+    data.clear();
     let drop = |reason| Rejected {
         status: None,
         code: S_IOERR,
@@ -305,13 +341,13 @@ pub fn parse<M: GuestMemoryBackend>(
     let sector = le64(&hdr, 8);
     let rlen = total(readable);
 
-    let (op, data) = match type_ {
+    let op = match type_ {
         VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
-            let data = if type_ == VIRTIO_BLK_T_IN {
-                cut(writable, 0, wlen - 1)
+            if type_ == VIRTIO_BLK_T_IN {
+                cut_into(writable, 0, wlen - 1, &mut data);
             } else {
-                cut(readable, HEADER_LEN, rlen - HEADER_LEN)
-            };
+                cut_into(readable, HEADER_LEN, rlen - HEADER_LEN, &mut data);
+            }
             let len = total(&data);
             if len == 0 || len % SECTOR_SIZE != 0 {
                 return Err(fail(S_IOERR, BlkError::BadLength(len)));
@@ -325,18 +361,18 @@ pub fn parse<M: GuestMemoryBackend>(
                 if disk.readonly {
                     return Err(fail(S_IOERR, BlkError::ReadOnly));
                 }
-                (Op::Write { offset }, data)
+                Op::Write { offset }
             } else {
-                (Op::Read { offset }, data)
+                Op::Read { offset }
             }
         }
-        VIRTIO_BLK_T_FLUSH => (Op::Flush, Vec::new()),
+        VIRTIO_BLK_T_FLUSH => Op::Flush,
         VIRTIO_BLK_T_GET_ID => {
-            let data = cut(writable, 0, (wlen - 1).min(ID_BYTES as u64));
+            cut_into(writable, 0, (wlen - 1).min(ID_BYTES as u64), &mut data);
             if data.is_empty() {
                 return Err(fail(S_IOERR, BlkError::BadLength(0)));
             }
-            (Op::GetId, data)
+            Op::GetId
         }
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             if disk.readonly {
@@ -346,9 +382,9 @@ pub fn parse<M: GuestMemoryBackend>(
             let ranges = parse_ranges(mem, disk, readable, rlen - HEADER_LEN, discard)
                 .map_err(|(code, e)| fail(code, e))?;
             if discard {
-                (Op::Discard(ranges), Vec::new())
+                Op::Discard(ranges)
             } else {
-                (Op::WriteZeroes(ranges), Vec::new())
+                Op::WriteZeroes(ranges)
             }
         }
         other => return Err(fail(S_UNSUPP, BlkError::Unsupported(other))),

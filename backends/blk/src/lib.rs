@@ -3,7 +3,8 @@
 //!
 //! Files: `cli.rs` (arguments → [`Config`]), `blk.rs` (the request model, no
 //! sockets and no `unsafe`), `io/` (the `io_uring` and synchronous engines),
-//! `vhu_blk.rs` (the `VhostUserBackend`) with `worker.rs` (per-queue state),
+//! `vhu_blk.rs` (the `VhostUserBackend`) with `vhu_blk/queue.rs` (its data
+//! path) and `worker.rs` (per-queue state),
 //! `inflight.rs` (the `INFLIGHT_SHMFD` region), `intercept.rs` (its
 //! messages), `resume.rs` + `chain.rs` (resubmission after a reconnect),
 //! `abi.rs` (memfd syscalls), and this file ([`start_backend`]).
@@ -151,10 +152,7 @@ pub fn start_backend(config: Config) -> Result<(), BlkBackendError> {
         if config.direct { ", O_DIRECT" } else { "" },
         config.queues,
         config.queue_size,
-        match engine {
-            EngineKind::IoUring => "io_uring",
-            _ => "sync",
-        }
+        engine.name()
     );
     let info = DiskInfo {
         capacity,

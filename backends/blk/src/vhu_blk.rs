@@ -24,18 +24,17 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard,
-    GuestMemoryMmap,
-};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
-use crate::blk::{self, DiskInfo, Op, Request, Segment, MAX_SEGMENTS, S_IOERR, S_OK};
-use crate::inflight::{QueueTracker, Region};
-use crate::io::{self as hio, Completion, EngineKind, GuestIovecs, IoKind, IoOp};
-use crate::worker::{InFlight, RateLimit, Worker};
+use crate::blk::{DiskInfo, MAX_SEGMENTS};
+use crate::inflight::Region;
+use crate::io::{self as hio, EngineKind};
+use crate::worker::{RateLimit, Worker};
+
+mod queue;
 
 type Mem = GuestMemoryLoadGuard<GuestMemoryMmap>;
 
@@ -167,235 +166,6 @@ impl VhostUserBlkBackend {
             warn!("queue {q}: guest request rejected: {what}");
         }
     }
-
-    /// Pops and starts every available chain, then completes what finished.
-    fn process_queue(&self, q: usize, w: &mut Worker, vring: &VringRwLock) {
-        let Some(mem) = self.memory() else {
-            return;
-        };
-        let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
-        let mut used = false;
-        if w.resume_pending {
-            w.resume_pending = false;
-            used |= self.resume(q, w, vring, &mem);
-        }
-        loop {
-            if event_idx {
-                let _ = vring.disable_notification();
-            }
-            let mut popped = false;
-            loop {
-                let chain = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else {
-                    break;
-                };
-                popped = true;
-                used |= self.start_chain(q, w, vring, &mem, chain);
-            }
-            w.engine.commit();
-            used |= self.reap(q, w, vring, &mem);
-            if !event_idx {
-                break;
-            }
-            if !splitvm_backends::avail::enable_and_recheck(vring, popped) {
-                break;
-            }
-        }
-        if used {
-            Self::notify(vring);
-        }
-    }
-
-    /// Takes one chain: records it in flight, then starts it. Returns
-    /// whether a used entry was added.
-    fn start_chain(
-        &self,
-        q: usize,
-        w: &mut Worker,
-        vring: &VringRwLock,
-        mem: &Mem,
-        chain: DescriptorChain<Mem>,
-    ) -> bool {
-        let head = chain.head_index();
-        w.track(head);
-        let mut segs = Vec::new();
-        let mut truncated = false;
-        for d in chain {
-            if segs.len() >= MAX_CHAIN {
-                truncated = true;
-                break;
-            }
-            segs.push(Segment {
-                addr: d.addr().0,
-                len: u64::from(d.len()),
-                write: d.is_write_only(),
-            });
-            truncated = d.has_next();
-        }
-        self.start_request(q, w, vring, mem, head, &segs, truncated)
-    }
-
-    /// Parses the request in `segs` (chain `head`, already recorded in
-    /// flight) and submits it, or answers it at once. Returns whether a
-    /// used entry was added.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn start_request(
-        &self,
-        q: usize,
-        w: &mut Worker,
-        vring: &VringRwLock,
-        mem: &Mem,
-        head: u16,
-        segs: &[Segment],
-        truncated: bool,
-    ) -> bool {
-        let disk = &self.inner.disk;
-        let t = w.tracker.clone();
-        let t = t.as_ref();
-        let req = match blk::parse(&**mem, &disk.info, segs, truncated) {
-            Ok(r) => r,
-            Err(rej) => {
-                self.guest_warn(q, &rej.reason);
-                let len = match rej.status {
-                    Some(at) if mem.write_obj(rej.code, at).is_ok() => 1,
-                    _ => 0,
-                };
-                return Self::add_used(vring, t, head, len);
-            }
-        };
-        let kind = match &req.op {
-            Op::Read { .. } | Op::Write { .. } => match GuestIovecs::new(mem.clone(), &req.data) {
-                Ok(b) if matches!(req.op, Op::Read { .. }) => IoKind::Read(b),
-                Ok(b) => IoKind::Write(b),
-                Err(e) => {
-                    self.guest_warn(q, &e);
-                    return self.finish(vring, t, mem, head, req.status, false, 1);
-                }
-            },
-            Op::Flush => IoKind::Flush,
-            Op::GetId => {
-                let ok = blk::write_id(&**mem, &req, &disk.info.serial);
-                return self.finish(vring, t, mem, head, req.status, ok, blk::used_len(&req));
-            }
-            Op::Discard(ranges) | Op::WriteZeroes(ranges) => {
-                let punch = matches!(req.op, Op::Discard(_));
-                let mut ok = true;
-                for r in ranges {
-                    if let Err(e) =
-                        hio::fallocate_range(&disk.file, r.offset, r.len, punch || r.unmap)
-                    {
-                        warn!("queue {q}: fallocate {}+{}: {e}", r.offset, r.len);
-                        ok = false;
-                        break;
-                    }
-                }
-                return self.finish(vring, t, mem, head, req.status, ok, 1);
-            }
-        };
-        let offset = offset_of(&req);
-        let token = w.put(InFlight {
-            head,
-            status: req.status,
-            used_len: blk::used_len(&req),
-        });
-        w.engine.submit(IoOp {
-            token,
-            offset,
-            kind,
-        });
-        false
-    }
-
-    /// Writes the status, adds the used entry. Returns true (an entry was added).
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        vring: &VringRwLock,
-        t: Option<&QueueTracker>,
-        mem: &Mem,
-        head: u16,
-        status: GuestAddress,
-        ok: bool,
-        used_len: u32,
-    ) -> bool {
-        let code = if ok { S_OK } else { S_IOERR };
-        let len = if ok { used_len } else { 1 };
-        // `status` was checked to lie in guest memory when the chain was
-        // parsed; a memory table change since then makes this write fail,
-        // which leaves the guest's byte untouched.
-        let len = if mem.write_obj(code, status).is_ok() {
-            len
-        } else {
-            0
-        };
-        Self::add_used(vring, t, head, len)
-    }
-
-    /// Publishes `head`'s used entry; with an inflight region, brackets it
-    /// as libvhost-user does: `last_batch_head` first, then the used ring,
-    /// then the entry cleared and the region's `used_idx` updated.
-    fn add_used(vring: &VringRwLock, t: Option<&QueueTracker>, head: u16, len: u32) -> bool {
-        if let Some(t) = t {
-            t.pre_put(head);
-        }
-        if let Err(e) = vring.add_used(head, len) {
-            warn!("add_used({head}): {e}");
-            return false;
-        }
-        if let Some(t) = t {
-            let used = vring.get_ref().get_queue().next_used();
-            t.post_put(head, used);
-        }
-        true
-    }
-
-    pub(crate) fn notify(vring: &VringRwLock) {
-        if vring.needs_notification().unwrap_or(true) {
-            if let Err(e) = vring.signal_used_queue() {
-                warn!("signal used queue: {e}");
-            }
-        }
-    }
-
-    /// Completes what the engine finished. Returns whether any used entry was added.
-    fn reap(&self, q: usize, w: &mut Worker, vring: &VringRwLock, mem: &Mem) -> bool {
-        let mut done = Vec::new();
-        w.engine.reap(&mut done);
-        self.complete(q, w, vring, mem, done)
-    }
-
-    fn complete(
-        &self,
-        q: usize,
-        w: &mut Worker,
-        vring: &VringRwLock,
-        mem: &Mem,
-        done: Vec<Completion>,
-    ) -> bool {
-        let mut used = false;
-        let t = w.tracker.clone();
-        for c in done {
-            let Some(r) = w.take(c.token) else {
-                continue;
-            };
-            if let Err(e) = &c.result {
-                warn!("queue {q}: I/O error: {e}");
-            }
-            let ok = c.result.is_ok();
-            used |= self.finish(vring, t.as_ref(), mem, r.head, r.status, ok, r.used_len);
-        }
-        used
-    }
-}
-
-fn offset_of(req: &Request) -> u64 {
-    match req.op {
-        Op::Read { offset } | Op::Write { offset } => offset,
-        _ => 0,
-    }
 }
 
 impl VhostUserBackend for VhostUserBlkBackend {
@@ -500,7 +270,7 @@ impl VhostUserBackend for VhostUserBlkBackend {
         let (Some(vring), Some(mem)) = (w.vring.clone(), self.memory()) else {
             return Ok(());
         };
-        if self.complete(q, &mut w, &vring, &mem, done) {
+        if self.complete(q, &mut w, &vring, &mem, &mut done) {
             Self::notify(&vring);
         }
         Ok(())
@@ -522,14 +292,11 @@ impl VhostUserBackend for VhostUserBlkBackend {
         if w.vring.is_none() {
             w.vring = Some(vring.clone());
         }
-        if device_event < self.inner.disk.queues {
+        // A kick or a completion: either way the same pass (completions
+        // first freed slots, new chains may wait without a kick under
+        // EVENT_IDX).
+        if device_event < self.inner.disk.queues || device_event == self.completion_event() {
             self.process_queue(thread_id, &mut w, vring);
-        } else if device_event == self.completion_event() {
-            if let Some(mem) = self.memory() {
-                if self.reap(thread_id, &mut w, vring, &mem) {
-                    Self::notify(vring);
-                }
-            }
         }
         Ok(())
     }

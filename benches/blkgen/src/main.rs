@@ -1,7 +1,9 @@
 //! `blkgen`: a vhost-user-blk load generator. Connects to a backend socket
 //! as a frontend through the `blkio` crate (driver `virtio-blk-vhost-user`),
 //! keeps `--qd` requests of `--bs` bytes in flight at random aligned offsets
-//! for `--seconds`, and prints one line: IOPS and p50/p99 latency.
+//! (or sequential) offsets for `--seconds`, and prints one line: IOPS,
+//! bandwidth and p50/p99/p99.9 latency; with `--kv` also one
+//! `BLKGEN key=value ...` line for scripts (`scripts/bench`).
 
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
@@ -14,6 +16,10 @@ use clap::{Parser, ValueEnum};
 enum Pattern {
     Randread,
     Randwrite,
+    /// Sequential read, wrapping at the end of the device.
+    Read,
+    /// Sequential write, wrapping at the end of the device.
+    Write,
 }
 
 /// vhost-user-blk load generator.
@@ -35,12 +41,22 @@ struct Args {
     /// Requests kept in flight.
     #[arg(long, default_value_t = 32)]
     qd: usize,
-    /// Measured run time (after a 1 s warm-up).
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
+    /// Measured run time in seconds (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Warm-up in seconds: requests run but are not counted.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
     /// Virtqueues to set up (requests use the first).
     #[arg(long, default_value_t = 1)]
     queues: i32,
+    /// Also print one machine-readable `BLKGEN key=value ...` line.
+    #[arg(long)]
+    kv: bool,
+    /// Use a libblkio poll queue: wait for completions by spinning on the
+    /// used ring instead of sleeping on the call eventfd (one core busy).
+    #[arg(long)]
+    poll: bool,
 }
 
 /// xorshift64*: reproducible offsets without a dependency.
@@ -71,7 +87,13 @@ fn main() -> Result<()> {
     let mut b = Blkio::new("virtio-blk-vhost-user").context("blkio driver")?;
     b.set_str("path", &a.socket).context("path")?;
     b.connect().context("connect")?;
-    b.set_i32("num-queues", a.queues).context("num-queues")?;
+    if a.poll {
+        b.set_i32("num-queues", a.queues - 1)
+            .context("num-queues")?;
+        b.set_i32("num-poll-queues", 1).context("num-poll-queues")?;
+    } else {
+        b.set_i32("num-queues", a.queues).context("num-queues")?;
+    }
     let mut started = b.start().context("start")?;
     let capacity = b.get_u64("capacity").context("capacity")?;
     let blocks = capacity / a.bs as u64;
@@ -82,26 +104,39 @@ fn main() -> Result<()> {
         .alloc_mem_region(a.qd * a.bs)
         .context("alloc_mem_region")?;
     b.map_mem_region(&region).context("map_mem_region")?;
-    let mut q = started.queues.remove(0);
+    let mut q = if a.poll {
+        started.poll_queues.remove(0)
+    } else {
+        started.queues.remove(0)
+    };
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut sent = vec![Instant::now(); a.qd];
-    let submit = |q: &mut blkio::Blkioq, rng: &mut Rng, slot: usize| {
-        let off = (rng.next() % blocks) * a.bs as u64;
+    let mut seq = 0u64;
+    let submit = |q: &mut blkio::Blkioq, rng: &mut Rng, seq: &mut u64, slot: usize| {
+        let block = match a.rw {
+            Pattern::Randread | Pattern::Randwrite => rng.next() % blocks,
+            Pattern::Read | Pattern::Write => {
+                let b = *seq % blocks;
+                *seq += 1;
+                b
+            }
+        };
+        let off = block * a.bs as u64;
         let buf = (region.addr + slot * a.bs) as *mut u8;
         match a.rw {
-            Pattern::Randread => q.read(off, buf, a.bs, slot, ReqFlags::empty()),
-            Pattern::Randwrite => q.write(off, buf, a.bs, slot, ReqFlags::empty()),
+            Pattern::Randread | Pattern::Read => q.read(off, buf, a.bs, slot, ReqFlags::empty()),
+            Pattern::Randwrite | Pattern::Write => q.write(off, buf, a.bs, slot, ReqFlags::empty()),
         }
     };
     for (slot, t) in sent.iter_mut().enumerate() {
         *t = Instant::now();
-        submit(&mut q, &mut rng, slot);
+        submit(&mut q, &mut rng, &mut seq, slot);
     }
     let mut comps: Vec<MaybeUninit<Completion>> =
         (0..a.qd).map(|_| MaybeUninit::uninit()).collect();
-    let warm_until = Instant::now() + Duration::from_secs(1);
-    let end = warm_until + Duration::from_secs(a.seconds);
+    let warm_until = Instant::now() + Duration::from_secs_f64(a.warmup.max(0.0));
+    let end = warm_until + Duration::from_secs_f64(a.seconds.max(0.01));
     let mut lat_us: Vec<u32> = Vec::with_capacity(1 << 20);
     let mut measured_start = None;
     let mut done = 0u64;
@@ -124,7 +159,7 @@ fn main() -> Result<()> {
             }
             if !stop {
                 sent[slot] = Instant::now();
-                submit(&mut q, &mut rng, slot);
+                submit(&mut q, &mut rng, &mut seq, slot);
             }
         }
         if stop {
@@ -136,17 +171,25 @@ fn main() -> Result<()> {
         .unwrap_or(0.0)
         .max(1e-9);
     lat_us.sort_unstable();
-    println!(
-        "{}: {:?} bs={} qd={} IOPS {:.0} p50 {} us p99 {} us ({} requests in {:.2} s)",
-        a.label,
-        a.rw,
-        a.bs,
-        a.qd,
-        done as f64 / secs,
+    let iops = done as f64 / secs;
+    let mib_s = iops * a.bs as f64 / f64::from(1 << 20);
+    let (p50, p99, p999) = (
         percentile(&lat_us, 0.50),
         percentile(&lat_us, 0.99),
-        done,
-        secs
+        percentile(&lat_us, 0.999),
     );
+    let rw = format!("{:?}", a.rw).to_lowercase();
+    println!(
+        "{}: {rw} bs={} qd={} IOPS {iops:.0} {mib_s:.1} MiB/s p50 {p50} us p99 {p99} us \
+         p99.9 {p999} us ({done} requests in {secs:.2} s)",
+        a.label, a.bs, a.qd,
+    );
+    if a.kv {
+        println!(
+            "BLKGEN label={} rw={rw} bs={} qd={} iops={iops:.0} mib_s={mib_s:.1} \
+             p50_us={p50} p99_us={p99} p999_us={p999} requests={done}",
+            a.label, a.bs, a.qd,
+        );
+    }
     Ok(())
 }

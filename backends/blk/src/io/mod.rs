@@ -8,9 +8,11 @@
 //! shared mapping. [`GuestIovecs`] is the only way to build them: it holds
 //! the memory guard that keeps that mapping alive until the I/O completes.
 
+pub mod null;
 pub mod sync;
 pub mod uring;
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -42,6 +44,23 @@ pub enum IoError {
     EventFd(#[source] io::Error),
 }
 
+/// Arrays kept per thread at most (a full queue of requests).
+const IOV_POOL_MAX: usize = 1024;
+
+thread_local! {
+    /// Empty `iovec` arrays of finished requests, kept per worker thread so
+    /// that building [`GuestIovecs`] does not allocate on the request path.
+    static IOV_POOL: RefCell<Vec<Vec<libc::iovec>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn pooled_iov() -> Vec<libc::iovec> {
+    IOV_POOL
+        .try_with(|p| p.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// Guest buffers as host `iovec`s, with the guard that keeps them mapped.
 pub struct GuestIovecs {
     iov: Vec<libc::iovec>,
@@ -62,7 +81,8 @@ impl GuestIovecs {
         mem: GuestMemoryLoadGuard<GuestMemoryMmap>,
         segs: &[Segment],
     ) -> Result<Self, IoError> {
-        let mut iov = Vec::with_capacity(segs.len());
+        let mut iov = pooled_iov();
+        iov.clear();
         let mut bytes = 0u64;
         for s in segs {
             let unmapped = || IoError::Unmapped {
@@ -124,6 +144,19 @@ impl GuestIovecs {
     }
 }
 
+impl Drop for GuestIovecs {
+    fn drop(&mut self) {
+        let mut iov = std::mem::take(&mut self.iov);
+        iov.clear();
+        let _ = IOV_POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < IOV_POOL_MAX {
+                p.push(iov);
+            }
+        });
+    }
+}
+
 /// What to do.
 pub enum IoKind {
     /// Read into the buffers.
@@ -170,6 +203,17 @@ pub trait Engine: Send {
     fn notifier(&self) -> Option<RawFd>;
     /// Ops submitted and not yet reaped.
     fn in_flight(&self) -> usize;
+    /// Whether finished ops are waiting to be reaped (cheap: no syscall;
+    /// the worker polls it while busy-waiting).
+    fn ready(&mut self) -> bool {
+        false
+    }
+    /// Called before the worker sleeps: resets the [`notifier`](Self::notifier)
+    /// if it may have fired since the last call, then returns whether
+    /// finished ops are waiting (then the worker reaps instead of sleeping).
+    fn quiesce(&mut self) -> bool {
+        false
+    }
 }
 
 /// Which engine to use.
@@ -181,6 +225,20 @@ pub enum EngineKind {
     IoUring,
     /// Synchronous `preadv`/`pwritev` in the worker thread.
     Sync,
+    /// No I/O at all: reads and writes succeed at once (benchmarks only).
+    Null,
+}
+
+impl EngineKind {
+    /// Short name for logs (`Auto` is resolved by [`probe`] first).
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Auto => "auto",
+            EngineKind::IoUring => "io_uring",
+            EngineKind::Sync => "sync",
+            EngineKind::Null => "null",
+        }
+    }
 }
 
 /// Builds the engine for one worker. `Auto` falls back to [`sync::Sync`]
@@ -192,6 +250,7 @@ pub fn new_engine(
 ) -> Result<Box<dyn Engine>, IoError> {
     match kind {
         EngineKind::Sync => Ok(Box::new(sync::Sync::new(file))),
+        EngineKind::Null => Ok(Box::new(null::Null::default())),
         EngineKind::IoUring => Ok(Box::new(uring::Uring::new(file, depth)?)),
         EngineKind::Auto => match uring::Uring::new(file.clone(), depth) {
             Ok(u) => Ok(Box::new(u)),
@@ -204,6 +263,7 @@ pub fn new_engine(
 pub fn probe(kind: EngineKind) -> Result<EngineKind, IoError> {
     match kind {
         EngineKind::Sync => Ok(EngineKind::Sync),
+        EngineKind::Null => Ok(EngineKind::Null),
         EngineKind::IoUring => uring::probe().map(|()| EngineKind::IoUring),
         EngineKind::Auto => match uring::probe() {
             Ok(()) => Ok(EngineKind::IoUring),
