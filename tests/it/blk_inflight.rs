@@ -14,7 +14,7 @@ use splitvm_tests::hostile::blk::{spawn_blk, BlkDev, S_OK, T_FLUSH, T_OUT};
 use splitvm_tests::hostile::inflight::{self, Region};
 use splitvm_tests::hostile::{Desc, Setup, F_WRITE};
 use splitvm_tests::proc::ChildGuard;
-use splitvm_tests::stats::percentile;
+use splitvm_tests::stats::summary;
 use splitvm_tests::wait::wait_for;
 
 const IMG_SIZE: u64 = 64 << 20;
@@ -340,12 +340,9 @@ fn blk_inflight_restart_timing() {
         assert_eq!(status(&dev, &r), S_OK);
         assert!(file_bytes(&img, sector * 512, 4096) == data);
     }
-    times.sort();
     eprintln!(
-        "restart -> first completed request over {RESTARTS} restarts: median {:?}, p99 {:?}, max {:?}",
-        percentile(&times, 0.5),
-        percentile(&times, 0.99),
-        times[times.len() - 1]
+        "restart -> first completed request over {RESTARTS} restarts: {}",
+        summary(&mut times)
     );
     drop(child);
 }
