@@ -94,17 +94,17 @@ fn sandbox_confines_every_backend_by_default() {
     assert_backend_confined("splitvm-blk", blk.pid());
 
     // A vring worker adds its own, tighter filter on its first event: one
-    // more than the process-wide two.
+    // more than the process-wide three (allowlist, clone3, openat).
     let mut d = driver_for(&sock);
     d.init();
     assert_eq!(d.request(1, 0, &mut vec![7u8; 512]), 0, "a write is served");
     let threads = thread_filters(blk.pid());
     assert!(
-        threads.iter().any(|(_, n)| *n == 3),
+        threads.iter().any(|(_, n)| *n == 4),
         "a worker with its own filter: {threads:?}"
     );
     assert!(
-        threads.iter().all(|(_, n)| *n >= 2),
+        threads.iter().all(|(_, n)| *n >= 3),
         "every thread filtered: {threads:?}"
     );
 
@@ -273,15 +273,21 @@ fn sandbox_confines_the_vmm_and_its_vcpu_threads() {
     let st = status(vmm.pid());
     assert_eq!(status_field(&st, "Seccomp"), "2");
     assert_eq!(status_field(&st, "NoNewPrivs"), "1");
-    // Every thread has the process-wide filters; each vCPU one more.
-    let threads = thread_filters(vmm.pid());
-    let vcpus: Vec<_> = threads
-        .iter()
-        .filter(|(n, _)| n.starts_with("vcpu"))
-        .collect();
-    assert_eq!(vcpus.len(), 2, "{threads:?}");
-    assert!(vcpus.iter().all(|(_, n)| *n == 3), "{threads:?}");
-    assert!(threads.iter().all(|(_, n)| *n >= 2), "{threads:?}");
+    // Every thread has the process-wide filters; each vCPU one more. A
+    // new thread names itself and adds its filter once it is scheduled,
+    // which may be after vCPU 0 has already printed: poll until both
+    // vCPUs have, and fail on what was seen last.
+    let mut threads = Vec::new();
+    let both = splitvm_tests::wait::poll_until(T, || {
+        threads = thread_filters(vmm.pid());
+        let vcpus = threads.iter().filter(|(n, _)| n.starts_with("vcpu"));
+        (vcpus.clone().count() == 2 && vcpus.clone().all(|(_, n)| *n == 4)).then_some(())
+    });
+    assert!(
+        both.is_some(),
+        "two vCPU threads with 4 filters: {threads:?}"
+    );
+    assert!(threads.iter().all(|(_, n)| *n >= 3), "{threads:?}");
 
     // The control plane still works under its filter: the API answers,
     // and the backend's death is survived (reconnect policy).

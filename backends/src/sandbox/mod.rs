@@ -12,6 +12,8 @@
 //! 6. seccomp-BPF: a process-wide allowlist (every thread kind's union) and a
 //!    tighter one each vring worker installs on its first event
 //!    ([`enter_worker`]); any other syscall kills the process (`SIGSYS`).
+//!    `openat` fails with `EACCES` ([`seccomp::build_open_eacces`]) on
+//!    every thread that has no file to open.
 //!
 //! A layer the kernel refuses is reported once (what and why) with `warn!`
 //! and the others still apply; `--sandbox off` skips all of them with a
@@ -81,9 +83,9 @@ pub struct Policy {
     pub syscalls: SyscallSet,
 }
 
-/// The worker filter, built by [`enter`] and installed by each vring
+/// The worker filters, built by [`enter`] and installed by each vring
 /// worker thread on its first event.
-static WORKER_FILTER: OnceLock<seccompiler::BpfProgram> = OnceLock::new();
+static WORKER_FILTERS: OnceLock<Vec<seccompiler::BpfProgram>> = OnceLock::new();
 
 thread_local! {
     static WORKER_SANDBOXED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -103,11 +105,23 @@ pub fn enter(mode: Mode, policy: &Policy) -> Result<(), SandboxError> {
     privileges::drop_capabilities().map_err(SandboxError::Caps)?;
     #[cfg(feature = "sandbox-selftest")]
     selftest_open();
+    // A backend whose main thread opens files after sandboxing (input:
+    // evdev devices) keeps openat there, under Landlock; everywhere else
+    // it fails with EACCES.
+    let opens_files = policy.syscalls.main.contains(&libc::SYS_openat);
+    let no_open = seccomp::build_open_eacces()?;
     let worker = seccomp::build(&policy.syscalls, ThreadKind::Worker)?;
-    let _ = WORKER_FILTER.set(worker);
+    let mut worker_filters = vec![worker];
     let main = seccomp::build(&policy.syscalls, ThreadKind::Main)?;
     let clone3 = seccomp::build_clone3_enosys()?;
-    for f in [&main, &clone3] {
+    let mut process_wide = vec![main, clone3];
+    if opens_files {
+        worker_filters.push(no_open);
+    } else {
+        process_wide.push(no_open);
+    }
+    let _ = WORKER_FILTERS.set(worker_filters);
+    for f in &process_wide {
         seccompiler::apply_filter(f).map_err(|e| SandboxError::Seccomp(e.to_string()))?;
     }
     info!(
@@ -124,7 +138,7 @@ pub fn enter_worker() {
     if WORKER_SANDBOXED.with(|c| c.replace(true)) {
         return;
     }
-    if let Some(f) = WORKER_FILTER.get() {
+    for f in WORKER_FILTERS.get().into_iter().flatten() {
         if let Err(e) = seccompiler::apply_filter(f) {
             warn!("vring worker seccomp filter not installed: {e}; the process-wide one applies");
         }

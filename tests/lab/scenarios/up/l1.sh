@@ -25,11 +25,17 @@
 D=/tmp/up
 RUN=$D/run
 mkdir -p "$D"
+rm -f "$D/up.rc"
 
-# wait_file_line FILE PATTERN SECS
+# wait_file_line FILE PATTERN SECS: fails at once once `up` has exited
+# (nothing more will be written) after a last look.
 wait_file_line() {
 	_end=$(($(date +%s) + $3))
 	until grep -q "$2" "$1" 2>/dev/null; do
+		if [ -e "$D/up.rc" ]; then
+			grep -q "$2" "$1" 2>/dev/null
+			return
+		fi
 		[ "$(date +%s)" -ge "$_end" ] && return 1
 		usleep 50000
 	done
@@ -76,6 +82,7 @@ if wait_file_line "$D/up.out" "UP-KILL-NOW" 400; then
 	until splitvm ctl --api-socket "$RUN/api.sock" devices 2>/dev/null |
 		awk '$1 == "blk0" && $3 == "connected" && $5 >= 1 { f = 1 } END { exit !f }'; do
 		[ "$(date +%s)" -ge "$_end" ] && break
+		[ -e "$D/up.rc" ] && break
 		usleep 100000
 	done
 	splitvm ctl --api-socket "$RUN/api.sock" devices

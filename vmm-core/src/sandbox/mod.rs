@@ -4,8 +4,10 @@
 //! and remove the API socket in its directory; no TCP). Once every thread
 //! of the control plane exists: a process-wide seccomp allowlist (API,
 //! control, device monitors, backend requests, stdin), installed on all
-//! threads at once, and a tighter one each vCPU thread adds as it starts.
-//! Any other syscall kills the process (`SIGSYS`). Connecting to the
+//! threads at once, and a tighter one each vCPU thread adds as it starts;
+//! `openat` fails with `EACCES` everywhere ([`open_eacces`]).
+//! Any other syscall kills the process (`SIGSYS`, named on stderr first:
+//! [`sigsys`]). Connecting to the
 //! backends' sockets (also new ones given to `swap` at run time) needs no
 //! Landlock right: Landlock does not restrict `connect(2)` on unix sockets.
 //! A layer the kernel refuses is reported once with `warn!`.
@@ -25,6 +27,8 @@ use seccompiler::{
 };
 
 use crate::config::{SerialTarget, VmConfig};
+
+mod sigsys;
 
 /// `--sandbox on|off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -55,6 +59,9 @@ pub enum SandboxError {
 
 /// Syscalls of every VMM thread.
 const COMMON: &[i64] = &[
+    // Allowed here, refused with EACCES by [`open_eacces`]: nothing opens
+    // files once the sandbox is on, but glibc may (see there).
+    libc::SYS_openat,
     libc::SYS_read,
     libc::SYS_write,
     libc::SYS_readv,
@@ -219,7 +226,7 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
         // SECCOMP_SET_MODE_FILTER: a vCPU adding its own filter.
         rules.insert(libc::SYS_seccomp, vec![cond(0, SeccompCmpOp::Eq, 1)?]);
     }
-    compile(rules, SeccompAction::KillProcess, SeccompAction::Allow)
+    compile(rules, SeccompAction::Trap, SeccompAction::Allow)
 }
 
 /// `clone3` fails with `ENOSYS` (its flags are out of a filter's reach), so
@@ -230,6 +237,20 @@ fn clone3_enosys() -> Result<BpfProgram, SandboxError> {
         rules,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
+    )
+}
+
+/// `openat` → `EACCES`. glibc opens `/proc/sys/vm/overcommit_memory` the
+/// first time it shrinks a thread's malloc arena, at a moment that depends
+/// on allocation history: with `openat` only missing from the allowlist,
+/// that killed the VMM on a backend reconnect in the nested lab. Stacked on
+/// an allowlist that has `openat`, this makes it a failure glibc handles.
+fn open_eacces() -> Result<BpfProgram, SandboxError> {
+    let rules = BTreeMap::from([(libc::SYS_openat, Vec::new())]);
+    compile(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
     )
 }
 
@@ -321,7 +342,8 @@ pub fn restrict_syscalls(mode: Mode) -> Result<Option<BpfProgram>, SandboxError>
     }
     let control = filter(ThreadKind::Control)?;
     let vcpu = filter(ThreadKind::Vcpu)?;
-    for f in [&control, &clone3_enosys()?] {
+    sigsys::install().map_err(|e| SandboxError::Seccomp(format!("SIGSYS handler: {e}")))?;
+    for f in [&control, &clone3_enosys()?, &open_eacces()?] {
         seccompiler::apply_filter_all_threads(f)
             .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
     }
@@ -331,4 +353,66 @@ pub fn restrict_syscalls(mode: Mode) -> Result<Option<BpfProgram>, SandboxError>
         syscall_count(ThreadKind::Vcpu)
     );
     Ok(Some(vcpu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In a forked child (the filters are for life): openat fails with
+    /// EACCES, and a syscall off the list kills with SIGSYS after the
+    /// handler named it on stderr.
+    #[test]
+    fn filters_refuse_openat_and_name_a_forbidden_syscall() {
+        let filters = [
+            filter(ThreadKind::Control).unwrap(),
+            clone3_enosys().unwrap(),
+            open_eacces().unwrap(),
+        ];
+        let mut pipe = [0; 2];
+        // SAFETY: pipe writes two fds into the array.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        // SAFETY: the child only makes raw syscalls and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: raw syscalls on fds and constant strings; _exit ends
+            // the child without running the parent's destructors.
+            unsafe {
+                libc::dup2(pipe[1], libc::STDERR_FILENO);
+                if sigsys::install().is_err() {
+                    libc::_exit(10);
+                }
+                for f in &filters {
+                    if seccompiler::apply_filter(f).is_err() {
+                        libc::_exit(11);
+                    }
+                }
+                let fd = libc::open(c"/proc/self/status".as_ptr(), libc::O_RDONLY);
+                if fd >= 0 || *libc::__errno_location() != libc::EACCES {
+                    libc::_exit(12);
+                }
+                libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                libc::_exit(13);
+            }
+        }
+        // SAFETY: closing our copy of the write end.
+        unsafe { libc::close(pipe[1]) };
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let mut out = vec![0u8; 256];
+        // SAFETY: reads into a buffer of the given length.
+        let n = unsafe { libc::read(pipe[0], out.as_mut_ptr().cast(), out.len()) };
+        out.truncate(n.max(0) as usize);
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "status {status:#x}, stderr {out:?}"
+        );
+        assert!(
+            out.contains(&format!("forbidden syscall {}", libc::SYS_socket)),
+            "{out:?}"
+        );
+    }
 }
