@@ -170,12 +170,21 @@ pub fn socket_dir(path: &std::path::Path) -> PathBuf {
     }
 }
 
-/// The directory of the vhost-user socket when this process binds it (to
-/// remove the socket at exit); none for an inherited socket, which its
-/// owner removes.
-pub fn listen_dirs(on: &crate::listener::ListenOn) -> Vec<PathBuf> {
-    match on {
+/// The directories of the sockets this process binds, to remove them at
+/// exit: the vhost-user socket's (none for an inherited socket, which its
+/// owner removes) and the metrics socket's.
+pub fn listen_dirs(
+    on: &crate::listener::ListenOn,
+    metrics: Option<&std::path::Path>,
+) -> Vec<PathBuf> {
+    let mut dirs = match on {
         crate::listener::ListenOn::Path(p) => vec![socket_dir(p)],
         crate::listener::ListenOn::Fd(_) => Vec::new(),
+    };
+    if let Some(m) = metrics.map(socket_dir) {
+        if !dirs.contains(&m) {
+            dirs.push(m);
+        }
     }
+    dirs
 }
