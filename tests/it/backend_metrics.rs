@@ -14,6 +14,7 @@ use splitvm_tests::hostile::net::{
     is_test_frame, plain_hdr, spawn_net, test_frame, NetDev, NetNs, PacketSocket,
 };
 use splitvm_tests::hostile::Setup;
+use splitvm_tests::proc::ChildGuard;
 use splitvm_tests::wait::wait_for;
 use vmm_core::api::metrics::{backend_counters, backend_metrics_path, BackendCounters};
 
@@ -36,23 +37,44 @@ fn wait_counters(sock: &Path, want: BackendCounters) {
     assert!(got.is_some(), "counters {last:?}, want {want:?}");
 }
 
-fn zero() -> BackendCounters {
+/// Counters: requests, bytes read, bytes written, I/O errors.
+fn counts(requests: u64, bytes_read: u64, bytes_written: u64, io_errors: u64) -> BackendCounters {
     BackendCounters {
-        requests: 0,
-        bytes_read: 0,
-        bytes_written: 0,
-        io_errors: 0,
+        requests,
+        bytes_read,
+        bytes_written,
+        io_errors,
     }
+}
+
+fn zero() -> BackendCounters {
+    counts(0, 0, 0, 0)
+}
+
+/// SIGTERM: a clean exit that leaves no metrics socket behind.
+fn stop(child: ChildGuard, sock: &Path) {
+    child.signal(libc::SIGTERM);
+    let (st, lines) = child.finish(T);
+    assert_eq!(st.code(), Some(0), "{lines:#?}");
+    assert!(
+        !backend_metrics_path(sock).exists(),
+        "metrics socket removed on exit"
+    );
+}
+
+fn image(dir: &Path) -> std::path::PathBuf {
+    let img = dir.join("disk.img");
+    fs::File::create(&img)
+        .unwrap()
+        .set_len(SECTORS * 512)
+        .unwrap();
+    img
 }
 
 #[test]
 fn backend_metrics_blk_counts_exact_bytes_and_restarts_from_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("disk.img");
-    fs::File::create(&img)
-        .unwrap()
-        .set_len(SECTORS * 512)
-        .unwrap();
+    let img = image(dir.path());
     let (child, sock) = spawn_blk(dir.path(), &img, &[]);
     let mut dev = BlkDev::connect(&sock, Setup::default());
     assert_eq!(counters(&sock), zero(), "nothing done yet");
@@ -67,15 +89,7 @@ fn backend_metrics_blk_counts_exact_bytes_and_restarts_from_zero() {
     assert_eq!(dev.flush(), S_OK);
     // Past the end: an error status, no bytes.
     assert_eq!(dev.read(SECTORS, 512).status, S_IOERR);
-    wait_counters(
-        &sock,
-        BackendCounters {
-            requests: 7,
-            bytes_read: 4096 + 1536,
-            bytes_written: 512 + 65536 + 20,
-            io_errors: 1,
-        },
-    );
+    wait_counters(&sock, counts(7, 4096 + 1536, 512 + 65536 + 20, 1));
 
     // Killed: the socket files stay behind; a new process replaces them
     // and counts from zero.
@@ -92,31 +106,16 @@ fn backend_metrics_blk_counts_exact_bytes_and_restarts_from_zero() {
     let mut dev = BlkDev::connect(&sock, Setup::default());
     assert_eq!(counters(&sock), zero(), "a new process starts from zero");
     assert_eq!(dev.read(0, 4096).data, vec![0x5a; 4096]);
-    wait_counters(
-        &sock,
-        BackendCounters {
-            requests: 1,
-            bytes_read: 0,
-            bytes_written: 4096,
-            io_errors: 0,
-        },
-    );
+    wait_counters(&sock, counts(1, 0, 4096, 0));
     // A clean stop removes both sockets.
-    child.signal(libc::SIGTERM);
-    let (st, lines) = child.finish(T);
-    assert_eq!(st.code(), Some(0), "{lines:#?}");
-    assert!(!metrics.exists(), "metrics socket removed on exit");
+    stop(child, &sock);
     assert!(!sock.exists(), "vhost-user socket removed on exit");
 }
 
 #[test]
-fn backend_metrics_blk_socket_flag_and_inherited_socket() {
+fn backend_metrics_blk_metrics_socket_flag() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("disk.img");
-    fs::File::create(&img)
-        .unwrap()
-        .set_len(SECTORS * 512)
-        .unwrap();
+    let img = image(dir.path());
     // --metrics-socket elsewhere: no file at the conventional path.
     let other = dir.path().join("elsewhere");
     fs::create_dir(&other).unwrap();
@@ -170,10 +169,7 @@ fn backend_metrics_net_counts_frames_without_the_header() {
     assert_eq!(c.bytes_read, 200, "TX frame bytes, header excluded: {c:?}");
     assert!(c.bytes_written >= 300, "{c:?}");
     assert_eq!(c.io_errors, 0);
-    child.signal(libc::SIGTERM);
-    let (st, lines) = child.finish(T);
-    assert_eq!(st.code(), Some(0), "{lines:#?}");
-    assert!(!backend_metrics_path(&sock).exists());
+    stop(child, &sock);
     drop(ns);
 }
 
@@ -193,17 +189,6 @@ fn backend_metrics_input_counts_events_both_ways() {
     // An LED from the guest: 8 bytes read, then passed to the client.
     dev.status((EV_LED, 1, 1));
     assert!(c.line(T).contains("LED_CAPSL"));
-    wait_counters(
-        &sock,
-        BackendCounters {
-            requests: 5,
-            bytes_read: 8,
-            bytes_written: 32,
-            io_errors: 0,
-        },
-    );
-    child.signal(libc::SIGTERM);
-    let (st, lines) = child.finish(T);
-    assert_eq!(st.code(), Some(0), "{lines:#?}");
-    assert!(!backend_metrics_path(&sock).exists());
+    wait_counters(&sock, counts(5, 8, 32, 0));
+    stop(child, &sock);
 }

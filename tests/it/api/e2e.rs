@@ -68,19 +68,26 @@ fn sub(dir: &Path, name: &str) -> PathBuf {
     d
 }
 
+/// Two splitvm-blk backends on one image, in `dir/a` and `dir/b`, both
+/// listening.
+fn two_backends(dir: &Path) -> ((ChildGuard, PathBuf), (ChildGuard, PathBuf)) {
+    let img = image(dir);
+    let a = spawn_blk(&sub(dir, "a"), &img, &[]);
+    let b = spawn_blk(&sub(dir, "b"), &img, &[]);
+    for s in [&a.1, &b.1] {
+        wait_for("a splitvm-blk socket", Duration::from_secs(20), || {
+            s.exists().then_some(())
+        });
+    }
+    (a, b)
+}
+
 #[test]
 fn api_e2e_every_endpoint_of_a_running_vmm() {
     let spec = Spec::load();
     let mut seen = Operations::new();
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let (mut blk_a, sock_a) = spawn_blk(&sub(dir.path(), "a"), &img, &[]);
-    let (blk_b, sock_b) = spawn_blk(&sub(dir.path(), "b"), &img, &[]);
-    for s in [&sock_a, &sock_b] {
-        wait_for("a splitvm-blk socket", Duration::from_secs(20), || {
-            s.exists().then_some(())
-        });
-    }
+    let ((mut blk_a, sock_a), (blk_b, sock_b)) = two_backends(dir.path());
     let mut vm = boot(dir.path(), &[&sock_a]);
     let api = vm.api.clone();
     let p = api.as_path();
@@ -267,18 +274,13 @@ fn api_e2e_metrics_include_backend_bytes() {
     let spec = Spec::load();
     let mut seen = Operations::new();
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let (mut blk_a, sock_a) = spawn_blk(&sub(dir.path(), "a"), &img, &[]);
-    let (mut blk_b, sock_b) = spawn_blk(&sub(dir.path(), "b"), &img, &[]);
+    let ((mut blk_a, sock_a), (mut blk_b, sock_b)) = two_backends(dir.path());
     // Move known bytes through the first backend, then let it go.
     let mut dev = BlkDev::connect(&sock_a, Setup::default());
     assert_eq!(dev.write(0, &[7; 8192]), S_OK);
     assert_eq!(dev.read(0, 4096).status, S_OK);
     drop(dev);
     blk_a.wait_for_line("frontend disconnected", Duration::from_secs(10));
-    wait_for("splitvm-blk b socket", Duration::from_secs(20), || {
-        sock_b.exists().then_some(())
-    });
     let mut vm = boot(dir.path(), &[&sock_a]);
     let p = vm.api.clone();
     let p = p.as_path();
@@ -287,14 +289,17 @@ fn api_e2e_metrics_include_backend_bytes() {
         let m: Metrics = serde_json::from_slice(&r.body).unwrap();
         m.devices.into_iter().find(|d| d.name == "blk0").unwrap()
     };
-    let d = blk0(&mut seen);
-    assert_eq!(
+    let backend = |d: &vmm_core::api::DeviceMetrics| {
         (
             d.backend_requests,
             d.bytes_read,
             d.bytes_written,
-            d.io_errors
-        ),
+            d.io_errors,
+        )
+    };
+    let d = blk0(&mut seen);
+    assert_eq!(
+        backend(&d),
         (Some(2), Some(8192), Some(4096), Some(0)),
         "{d:?}"
     );
@@ -325,16 +330,7 @@ fn api_e2e_metrics_include_backend_bytes() {
     blk_b.signal(libc::SIGTERM);
     blk_b.wait_exit(Duration::from_secs(10));
     let d = blk0(&mut seen);
-    assert_eq!(
-        (
-            d.backend_requests,
-            d.bytes_read,
-            d.bytes_written,
-            d.io_errors
-        ),
-        (None, None, None, None),
-        "{d:?}"
-    );
+    assert_eq!(backend(&d), (None, None, None, None), "{d:?}");
     let r = checked(&spec, &mut seen, p, "GET", "/metrics", None);
     assert!(
         !r.text().contains("splitvm_device_bytes_read_total{"),
