@@ -188,3 +188,29 @@ pub fn listen_dirs(
     }
     dirs
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::listener::ListenOn;
+
+    #[test]
+    fn remove_dirs_cover_the_vhost_user_and_metrics_sockets() {
+        let on = ListenOn::Path("/run/vm/blk0.sock".into());
+        let same = Path::new("/run/vm/blk0.sock.metrics");
+        assert_eq!(listen_dirs(&on, Some(same)), vec![PathBuf::from("/run/vm")]);
+        let other = Path::new("/run/metrics/blk0");
+        assert_eq!(
+            listen_dirs(&on, Some(other)),
+            vec![PathBuf::from("/run/vm"), PathBuf::from("/run/metrics")]
+        );
+        // Inherited: only the metrics socket's directory, if any.
+        assert!(listen_dirs(&ListenOn::Fd(3), None).is_empty());
+        assert_eq!(
+            listen_dirs(&ListenOn::Fd(3), Some(other)),
+            vec![PathBuf::from("/run/metrics")]
+        );
+    }
+}
