@@ -27,12 +27,28 @@ pub struct CommonArgs {
     /// Sandbox (namespaces, Landlock, no capabilities, seccomp): `off` is for debugging only.
     #[arg(long, value_name = "on|off", value_enum, default_value = "on")]
     pub sandbox: crate::sandbox::Mode,
+
+    /// Unix socket serving this process's I/O counters as one JSON line per
+    /// connection. Default: `<socket-path>.metrics`; none with an inherited
+    /// socket unless given.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_socket: Option<PathBuf>,
 }
 
 impl CommonArgs {
     /// Where to listen: `--socket-path`, `--socket-fd`, or socket activation.
     pub fn listen(&self) -> Result<ListenOn, ListenError> {
         listener::resolve(self.socket_path.clone(), self.socket_fd)
+    }
+
+    /// Where to serve the I/O counters: `--metrics-socket`, else
+    /// `<socket-path>.metrics`, else nowhere (an inherited socket).
+    pub fn metrics_path(&self) -> Option<PathBuf> {
+        self.metrics_socket.clone().or_else(|| {
+            self.socket_path
+                .as_deref()
+                .map(crate::metrics::default_path)
+        })
     }
 }
 
@@ -62,5 +78,15 @@ mod tests {
         assert_eq!(w.common.listen().unwrap(), ListenOn::Fd(3));
         let both = Wrap::try_parse_from(["x", "--socket-fd", "3", "--socket-path", "/s"]);
         assert!(both.is_err(), "the two exclude each other");
+    }
+
+    #[test]
+    fn metrics_socket_follows_the_socket_path_unless_given() {
+        let w = Wrap::try_parse_from(["x", "--socket-path", "/r/b.sock"]).unwrap();
+        assert_eq!(w.common.metrics_path(), Some("/r/b.sock.metrics".into()));
+        let w = Wrap::try_parse_from(["x", "--socket-fd", "3"]).unwrap();
+        assert_eq!(w.common.metrics_path(), None, "inherited: none by default");
+        let w = Wrap::try_parse_from(["x", "--socket-fd", "3", "--metrics-socket", "/m"]).unwrap();
+        assert_eq!(w.common.metrics_path(), Some("/m".into()));
     }
 }

@@ -12,5 +12,6 @@ pub mod daemon;
 pub mod exit;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod sandbox;

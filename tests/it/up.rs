@@ -109,6 +109,9 @@ fn up_restarts_a_killed_backend_and_down_cleans_up() {
         "the backend re-listened on the inherited socket, so SO_PEERCRED names it"
     );
     assert_eq!(devs[0].socket, run.join("blk0.sock"));
+    // `up` names the backend's metrics socket next to its vhost-user socket.
+    let counters = vmm_core::api::metrics::backend_counters(&devs[0].socket);
+    assert!(counters.is_some(), "blk0 serves its metrics socket");
 
     // A second `up` of the same VM is refused while this one runs.
     let (st, lines) = up(&cfg).finish(Duration::from_secs(30));
@@ -130,6 +133,10 @@ fn up_restarts_a_killed_backend_and_down_cleans_up() {
     });
     assert_ne!(dev.backend_pid, Some(first), "a dead pid is never reported");
     assert!(alive(second) && alive(vmm_pid) && !alive(first));
+    // The restarted backend replaced the killed one's metrics socket.
+    wait_for("blk0's new metrics socket", Duration::from_secs(30), || {
+        vmm_core::api::metrics::backend_counters(&dev.socket)
+    });
 
     // down: VMM first, then the backend, then the files.
     let (code, err) = down(&cfg);

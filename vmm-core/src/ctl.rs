@@ -288,15 +288,31 @@ fn human_devices(ds: &[DeviceInfo]) -> String {
 }
 
 fn human_metrics(m: &Metrics) -> String {
+    // `-`: the backend exports no counters.
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     let mut out = format!(
-        "{:<10} {:>12} {:>10} {:>10} {:>8}\n",
-        "DEVICE", "REQUESTS", "IN_FLIGHT", "RECONNECTS", "ERRORS"
+        "{:<10} {:>12} {:>10} {:>10} {:>8} {:>14} {:>14} {:>9}\n",
+        "DEVICE",
+        "REQUESTS",
+        "IN_FLIGHT",
+        "RECONNECTS",
+        "ERRORS",
+        "BYTES_READ",
+        "BYTES_WRITTEN",
+        "IO_ERRORS"
     );
     for d in &m.devices {
         let _ = writeln!(
             out,
-            "{:<10} {:>12} {:>10} {:>10} {:>8}",
-            d.name, d.requests, d.in_flight, d.reconnects, d.errors
+            "{:<10} {:>12} {:>10} {:>10} {:>8} {:>14} {:>14} {:>9}",
+            d.name,
+            d.requests,
+            d.in_flight,
+            d.reconnects,
+            d.errors,
+            opt(d.bytes_read),
+            opt(d.bytes_written),
+            opt(d.io_errors)
         );
     }
     let _ = writeln!(

@@ -76,6 +76,7 @@ impl TryFrom<Args> for Config {
         let mut serial = [0u8; ID_BYTES];
         serial[..s.len()].copy_from_slice(s);
         Ok(Config {
+            metrics: a.common.metrics_path(),
             listen,
             sandbox: a.common.sandbox,
             image: a.image,

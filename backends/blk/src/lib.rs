@@ -37,6 +37,7 @@ use std::sync::Arc;
 use log::{info, warn};
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
 use splitvm_backends::listener::ListenOn;
+use splitvm_backends::metrics::{self, MetricsError};
 use splitvm_backends::sandbox::{self, SandboxError};
 
 use crate::blk::{ConfigSpace, DiskInfo, ID_BYTES, SECTOR_SIZE};
@@ -55,6 +56,8 @@ const SEG_MAX: u32 = 128;
 pub struct Config {
     /// vhost-user socket: a path, or an inherited listening fd.
     pub listen: ListenOn,
+    /// Where to serve the I/O counters ([`splitvm_backends::metrics`]), if anywhere.
+    pub metrics: Option<PathBuf>,
     /// `--sandbox`.
     pub sandbox: sandbox::Mode,
     /// Raw image: regular file or block device.
@@ -103,6 +106,9 @@ pub enum BlkBackendError {
     /// The sandbox could not be entered.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The metrics socket could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// The serve loop failed.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
@@ -143,6 +149,7 @@ fn open_image(cfg: &Config) -> Result<(File, u64), BlkBackendError> {
 /// SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), BlkBackendError> {
     let listener = daemon::listen(&config.listen)?;
+    let metrics = metrics::bind(config.metrics.as_deref())?;
     let (file, capacity) = open_image(&config)?;
     let engine = io::probe(config.engine)?;
     info!(
@@ -187,6 +194,8 @@ pub fn start_backend(config: Config) -> Result<(), BlkBackendError> {
         reconnect: true,
     };
     sandbox::enter(config.sandbox, &sandbox_policy(&config))?;
+    // Removes the metrics socket when this function returns.
+    let _metrics = metrics::spawn(metrics)?;
     daemon::serve(&serve, listener, || {
         VhostUserBlkBackend::new(disk.clone()).map_err(std::io::Error::other)
     })?;
@@ -202,7 +211,7 @@ pub fn sandbox_policy(config: &Config) -> sandbox::Policy {
         new_netns: true,
         read_paths: Vec::new(),
         rw_paths: Vec::new(),
-        remove_dirs: sandbox::listen_dirs(&config.listen),
+        remove_dirs: sandbox::listen_dirs(&config.listen, config.metrics.as_deref()),
         max_files: 1024,
         syscalls: sandbox::SyscallSet {
             main: vec![

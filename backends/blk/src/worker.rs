@@ -17,6 +17,11 @@ pub(crate) struct InFlight {
     pub(crate) head: u16,
     pub(crate) status: GuestAddress,
     pub(crate) used_len: u32,
+    /// Data bytes the request reads from guest buffers (a write's), for
+    /// the metrics.
+    pub(crate) from_guest: u64,
+    /// Data bytes it writes into guest buffers (a read's).
+    pub(crate) to_guest: u64,
 }
 
 /// One queue's worker.

@@ -85,6 +85,7 @@ impl TryFrom<Args> for Config {
             _ => return Err(ConfigError::NoSource),
         };
         Ok(Config {
+            metrics: a.common.metrics_path(),
             listen,
             sandbox: a.common.sandbox,
             source,

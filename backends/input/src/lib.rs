@@ -38,6 +38,7 @@ use std::sync::Arc;
 use log::info;
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
 use splitvm_backends::listener::ListenOn;
+use splitvm_backends::metrics::{self, MetricsError};
 use splitvm_backends::sandbox::{self, SandboxError};
 
 use crate::evdev::{EvdevError, EvdevSource};
@@ -72,6 +73,8 @@ pub enum Source {
 pub struct Config {
     /// vhost-user socket: a path, or an inherited listening fd.
     pub listen: ListenOn,
+    /// Where to serve the I/O counters ([`splitvm_backends::metrics`]), if anywhere.
+    pub metrics: Option<PathBuf>,
     /// `--sandbox`.
     pub sandbox: sandbox::Mode,
     /// Event source.
@@ -95,6 +98,9 @@ pub enum InputBackendError {
     /// The sandbox could not be entered.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The metrics socket could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// The serve loop failed.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
@@ -104,6 +110,7 @@ pub enum InputBackendError {
 /// until SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
     let listener = daemon::listen(&config.listen)?;
+    let metrics = metrics::bind(config.metrics.as_deref())?;
     let policy = sandbox_policy(&config);
     let mut socket = None;
     let hub = match &config.source {
@@ -142,6 +149,8 @@ pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
             hub
         }
     };
+    // Removes the metrics socket when this function returns.
+    let _metrics = metrics::spawn(metrics)?;
     let serve = ServeConfig {
         name: "splitvm-input".into(),
         listen: config.listen.clone(),
@@ -164,7 +173,7 @@ pub fn start_backend(config: Config) -> Result<(), InputBackendError> {
 /// directories to remove them at exit.
 pub fn sandbox_policy(config: &Config) -> sandbox::Policy {
     let mut rw_paths = Vec::new();
-    let mut remove_dirs = sandbox::listen_dirs(&config.listen);
+    let mut remove_dirs = sandbox::listen_dirs(&config.listen, config.metrics.as_deref());
     let mut main = Vec::new();
     match &config.source {
         Source::Evdev { path, .. } => {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
+use splitvm_backends::metrics;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -198,10 +199,12 @@ impl VhostUserInputBackend {
                 match write_event(mem, chain, ev) {
                     Ok(()) => {
                         q.advance();
+                        metrics::counters().completed(0, EVENT_SIZE as u64);
                         used |= add_used(vring, head, EVENT_SIZE as u32);
                     }
                     Err(e) => {
                         drop(q);
+                        metrics::counters().failed();
                         self.guest_warn(EVENTQ, &e);
                         used |= add_used(vring, head, 0);
                     }
@@ -225,8 +228,14 @@ impl VhostUserInputBackend {
                 };
                 let head = chain.head_index();
                 match read_event(mem, chain) {
-                    Ok(ev) => self.inner.hub.status(ev),
-                    Err(e) => self.guest_warn(STATUSQ, &e),
+                    Ok(ev) => {
+                        metrics::counters().completed(EVENT_SIZE as u64, 0);
+                        self.inner.hub.status(ev);
+                    }
+                    Err(e) => {
+                        metrics::counters().failed();
+                        self.guest_warn(STATUSQ, &e);
+                    }
                 }
                 used |= add_used(vring, head, 0);
             }

@@ -113,6 +113,7 @@ impl TryFrom<Args> for Config {
             None => TapSource::Fds(a.tap_fd),
         };
         Ok(Config {
+            metrics: a.common.metrics_path(),
             listen,
             sandbox: a.common.sandbox,
             tap,

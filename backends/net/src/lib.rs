@@ -20,6 +20,7 @@ pub mod tap;
 pub mod vhu_net;
 
 use std::os::fd::RawFd;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -29,6 +30,7 @@ use signal_hook::consts::{SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use splitvm_backends::daemon::{self, DaemonError, ServeConfig};
 use splitvm_backends::listener::ListenOn;
+use splitvm_backends::metrics::{self, MetricsError};
 use splitvm_backends::sandbox::{self, SandboxError};
 
 use crate::device::{feature_names, NetDevice};
@@ -50,6 +52,8 @@ pub enum TapSource {
 pub struct Config {
     /// vhost-user socket: a path, or an inherited listening fd.
     pub listen: ListenOn,
+    /// Where to serve the I/O counters ([`splitvm_backends::metrics`]), if anywhere.
+    pub metrics: Option<PathBuf>,
     /// `--sandbox`.
     pub sandbox: sandbox::Mode,
     /// The tap.
@@ -78,6 +82,9 @@ pub enum NetBackendError {
     /// The sandbox could not be entered.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The metrics socket could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// The serve loop failed.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
@@ -94,6 +101,7 @@ fn open_taps(cfg: &Config) -> Result<Vec<Tap>, TapError> {
 /// SIGTERM/SIGINT, listening again after each disconnect.
 pub fn start_backend(config: Config) -> Result<(), NetBackendError> {
     let listener = daemon::listen(&config.listen)?;
+    let metrics = metrics::bind(config.metrics.as_deref())?;
     let taps = open_taps(&config)?;
     let tap_offloads = taps.first().map_or(0, Tap::probe_offloads);
     let name = taps
@@ -117,6 +125,8 @@ pub fn start_backend(config: Config) -> Result<(), NetBackendError> {
     info!("offering virtio features {}", feature_names(dev.features()));
 
     sandbox::enter(config.sandbox, &sandbox_policy(&config))?;
+    // Removes the metrics socket when this function returns.
+    let _metrics = metrics::spawn(metrics)?;
     let mut signals = Signals::new([SIGUSR1, SIGUSR2]).map_err(NetBackendError::Signals)?;
     let link_handle = signals.handle();
     let dev2 = dev.clone();
@@ -161,7 +171,7 @@ pub fn sandbox_policy(config: &Config) -> sandbox::Policy {
         new_netns: true,
         read_paths: Vec::new(),
         rw_paths: Vec::new(),
-        remove_dirs: sandbox::listen_dirs(&config.listen),
+        remove_dirs: sandbox::listen_dirs(&config.listen, config.metrics.as_deref()),
         max_files: 1024,
         syscalls: sandbox::SyscallSet {
             main: Vec::new(),

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use log::warn;
+use splitvm_backends::metrics;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -125,6 +126,8 @@ impl VhostUserNetBackend {
                     used = true;
                     pair.starved_since = None;
                     Counters::bump(&dev.counters.rx_frames);
+                    // Frame bytes, virtio-net header excluded.
+                    metrics::counters().completed(0, (len - HDR_LEN) as u64);
                 }
                 Ok(Rx::NoBuffers) => {
                     let since = *pair.starved_since.get_or_insert_with(Instant::now);
@@ -143,6 +146,7 @@ impl VhostUserNetBackend {
                 Err(e) => {
                     used = true;
                     Counters::bump(&dev.counters.rx_bad_buffers);
+                    metrics::counters().failed();
                     self.guest_warn(&format!("queue {}: RX frame dropped", 2 * p), &e);
                 }
             }

@@ -27,6 +27,7 @@ use vm_memory::{
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use splitvm_backends::metrics;
 use splitvm_backends::proxy::Intercept;
 
 use crate::backend_req::NetIntercept;
@@ -203,6 +204,7 @@ impl VhostUserNetBackend {
                 let head = chain.head_index();
                 if let Err(e) = self.tx_one(tap, &mem, &mut pair.out, chain) {
                     Counters::bump(&dev.counters.tx_bad);
+                    metrics::counters().failed();
                     self.guest_warn(&format!("queue {}: TX packet dropped", 2 * p + 1), &e);
                 }
                 Self::add_used(vring, head, 0);
@@ -244,7 +246,11 @@ impl VhostUserNetBackend {
         }
         let hdr = VnetHdr::parse(&out[..hdr_len]).ok_or(NetError::ShortHeader(total))?;
         net::check_tx(&hdr, total - hdr_len, self.acked())?;
+        // Frame bytes, virtio-net header excluded.
+        let frame = (total - hdr_len) as u64;
         if !dev.link_up.load(Ordering::Relaxed) {
+            // Read from the guest and dropped, as a cable-less NIC does.
+            metrics::counters().completed(frame, 0);
             return Ok(());
         }
         // The tap always takes the 12-byte header.
@@ -259,9 +265,13 @@ impl VhostUserNetBackend {
             out.splice(..hdr_len, tap_hdr);
         }
         match tap.write_packet(out) {
-            Ok(_) => Counters::bump(&dev.counters.tx_frames),
+            Ok(_) => {
+                Counters::bump(&dev.counters.tx_frames);
+                metrics::counters().completed(frame, 0);
+            }
             Err(e) => {
                 Counters::bump(&dev.counters.tx_tap_errors);
+                metrics::counters().failed();
                 self.guest_warn(&format!("tap {} write", tap.name()), &e);
             }
         }

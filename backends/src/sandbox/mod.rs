@@ -184,12 +184,47 @@ pub fn socket_dir(path: &std::path::Path) -> PathBuf {
     }
 }
 
-/// The directory of the vhost-user socket when this process binds it (to
-/// remove the socket at exit); none for an inherited socket, which its
-/// owner removes.
-pub fn listen_dirs(on: &crate::listener::ListenOn) -> Vec<PathBuf> {
-    match on {
+/// The directories of the sockets this process binds, to remove them at
+/// exit: the vhost-user socket's (none for an inherited socket, which its
+/// owner removes) and the metrics socket's.
+pub fn listen_dirs(
+    on: &crate::listener::ListenOn,
+    metrics: Option<&std::path::Path>,
+) -> Vec<PathBuf> {
+    let mut dirs = match on {
         crate::listener::ListenOn::Path(p) => vec![socket_dir(p)],
         crate::listener::ListenOn::Fd(_) => Vec::new(),
+    };
+    if let Some(m) = metrics.map(socket_dir) {
+        if !dirs.contains(&m) {
+            dirs.push(m);
+        }
+    }
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::listener::ListenOn;
+
+    #[test]
+    fn remove_dirs_cover_the_vhost_user_and_metrics_sockets() {
+        let on = ListenOn::Path("/run/vm/blk0.sock".into());
+        let same = Path::new("/run/vm/blk0.sock.metrics");
+        assert_eq!(listen_dirs(&on, Some(same)), vec![PathBuf::from("/run/vm")]);
+        let other = Path::new("/run/metrics/blk0");
+        assert_eq!(
+            listen_dirs(&on, Some(other)),
+            vec![PathBuf::from("/run/vm"), PathBuf::from("/run/metrics")]
+        );
+        // Inherited: only the metrics socket's directory, if any.
+        assert!(listen_dirs(&ListenOn::Fd(3), None).is_empty());
+        assert_eq!(
+            listen_dirs(&ListenOn::Fd(3), Some(other)),
+            vec![PathBuf::from("/run/metrics")]
+        );
     }
 }

@@ -68,19 +68,26 @@ fn sub(dir: &Path, name: &str) -> PathBuf {
     d
 }
 
+/// Two splitvm-blk backends on one image, in `dir/a` and `dir/b`, both
+/// listening.
+fn two_backends(dir: &Path) -> ((ChildGuard, PathBuf), (ChildGuard, PathBuf)) {
+    let img = image(dir);
+    let a = spawn_blk(&sub(dir, "a"), &img, &[]);
+    let b = spawn_blk(&sub(dir, "b"), &img, &[]);
+    for s in [&a.1, &b.1] {
+        wait_for("a splitvm-blk socket", Duration::from_secs(20), || {
+            s.exists().then_some(())
+        });
+    }
+    (a, b)
+}
+
 #[test]
 fn api_e2e_every_endpoint_of_a_running_vmm() {
     let spec = Spec::load();
     let mut seen = Operations::new();
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path());
-    let (mut blk_a, sock_a) = spawn_blk(&sub(dir.path(), "a"), &img, &[]);
-    let (blk_b, sock_b) = spawn_blk(&sub(dir.path(), "b"), &img, &[]);
-    for s in [&sock_a, &sock_b] {
-        wait_for("a splitvm-blk socket", Duration::from_secs(20), || {
-            s.exists().then_some(())
-        });
-    }
+    let ((mut blk_a, sock_a), (blk_b, sock_b)) = two_backends(dir.path());
     let mut vm = boot(dir.path(), &[&sock_a]);
     let api = vm.api.clone();
     let p = api.as_path();
@@ -254,4 +261,85 @@ fn api_schemathesis_finds_no_server_error() {
     let mut st = ChildGuard::spawn("schemathesis", cmd);
     let status = st.wait_exit(Duration::from_secs(300));
     assert!(status.success(), "schemathesis.sh failed:\n{}", st.dump());
+}
+
+/// The VMM's metrics include each backend's own counters from its metrics
+/// socket: bytes the test moved through splitvm-blk before the VMM
+/// connected (the counters belong to the backend process), the new
+/// backend's after a swap, and null once the backend has no socket.
+#[test]
+fn api_e2e_metrics_include_backend_bytes() {
+    use splitvm_tests::hostile::blk::{BlkDev, S_OK};
+    use splitvm_tests::hostile::Setup;
+    let spec = Spec::load();
+    let mut seen = Operations::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ((mut blk_a, sock_a), (mut blk_b, sock_b)) = two_backends(dir.path());
+    // Move known bytes through the first backend, then let it go.
+    let mut dev = BlkDev::connect(&sock_a, Setup::default());
+    assert_eq!(dev.write(0, &[7; 8192]), S_OK);
+    assert_eq!(dev.read(0, 4096).status, S_OK);
+    drop(dev);
+    blk_a.wait_for_line("frontend disconnected", Duration::from_secs(10));
+    let mut vm = boot(dir.path(), &[&sock_a]);
+    let p = vm.api.clone();
+    let p = p.as_path();
+    let blk0 = |seen: &mut Operations| {
+        let r = checked(&spec, seen, p, "GET", "/metrics.json", None);
+        let m: Metrics = serde_json::from_slice(&r.body).unwrap();
+        m.devices.into_iter().find(|d| d.name == "blk0").unwrap()
+    };
+    let backend = |d: &vmm_core::api::DeviceMetrics| {
+        (
+            d.backend_requests,
+            d.bytes_read,
+            d.bytes_written,
+            d.io_errors,
+        )
+    };
+    let d = blk0(&mut seen);
+    assert_eq!(
+        backend(&d),
+        (Some(2), Some(8192), Some(4096), Some(0)),
+        "{d:?}"
+    );
+    let r = checked(&spec, &mut seen, p, "GET", "/metrics", None);
+    let text = r.text();
+    for line in [
+        "splitvm_device_bytes_read_total{device=\"blk0\"} 8192\n",
+        "splitvm_device_bytes_written_total{device=\"blk0\"} 4096\n",
+        "splitvm_device_io_errors_total{device=\"blk0\"} 0\n",
+        "splitvm_device_backend_requests_total{device=\"blk0\"} 2\n",
+    ] {
+        assert!(text.contains(line), "{line:?} missing in\n{text}");
+    }
+    let (code, out, err) = ctl(p, &["metrics"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("BYTES_READ") && out.contains(" 8192 "),
+        "{out}"
+    );
+
+    // After a swap the counters are the new backend's (its socket's).
+    let (code, _, err) = ctl(p, &["swap", "blk0", "--socket", sock_b.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let d = blk0(&mut seen);
+    assert_eq!((d.bytes_read, d.bytes_written), (Some(0), Some(0)), "{d:?}");
+
+    // The backend stops (its metrics socket goes with it): null, not an error.
+    blk_b.signal(libc::SIGTERM);
+    blk_b.wait_exit(Duration::from_secs(10));
+    let d = blk0(&mut seen);
+    assert_eq!(backend(&d), (None, None, None, None), "{d:?}");
+    let r = checked(&spec, &mut seen, p, "GET", "/metrics", None);
+    assert!(
+        !r.text().contains("splitvm_device_bytes_read_total{"),
+        "{}",
+        r.text()
+    );
+    let (code, out, _) = ctl(p, &["metrics"]);
+    assert!(code == 0 && out.contains(" - "), "{out}");
+    let (code, _, err) = ctl(p, &["kill"]);
+    assert_eq!(code, 0, "{err}");
+    vm.child.wait_exit(Duration::from_secs(30));
 }

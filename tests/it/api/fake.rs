@@ -138,13 +138,25 @@ impl VmmControl for FakeVmm {
     }
     fn metrics(&self) -> Metrics {
         Metrics {
-            devices: vec![DeviceMetrics {
-                name: "blk0".into(),
-                requests: 10,
-                in_flight: 1,
-                reconnects: 0,
-                errors: 0,
-            }],
+            devices: vec![
+                DeviceMetrics {
+                    name: "blk0".into(),
+                    requests: 10,
+                    in_flight: 1,
+                    reconnects: 0,
+                    errors: 0,
+                    backend_requests: Some(12),
+                    bytes_read: Some(4096),
+                    bytes_written: Some(8192),
+                    io_errors: Some(1),
+                },
+                // A backend without a metrics socket: its counters are null.
+                DeviceMetrics {
+                    name: "net0".into(),
+                    requests: 3,
+                    ..DeviceMetrics::default()
+                },
+            ],
             vcpus: (0..2)
                 .map(|id| VcpuMetrics {
                     id,

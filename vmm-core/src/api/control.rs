@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::metrics::backend_counters;
 use super::{
     ApiError, BackendState, DeviceInfo, DeviceMetrics, Metrics, VcpuMetrics, VmInfo, VmState,
     VmmControl,
@@ -189,16 +190,26 @@ impl VmmControl for VmmHandle {
             .devices
             .iter()
             .filter_map(|d| {
-                with_device(&d.transport, |v| {
+                let (mut m, socket) = with_device(&d.transport, |v| {
                     let (requests, in_flight) = v.ring_counters();
-                    DeviceMetrics {
+                    let m = DeviceMetrics {
                         name: d.name.clone(),
                         requests,
                         in_flight,
                         reconnects: v.reconnects(),
                         errors: v.errors(),
-                    }
-                })
+                        ..DeviceMetrics::default()
+                    };
+                    (m, v.socket().to_path_buf())
+                })?;
+                // Outside the device lock: the backend may be slow to answer.
+                if let Some(b) = backend_counters(&socket) {
+                    m.backend_requests = Some(b.requests);
+                    m.bytes_read = Some(b.bytes_read);
+                    m.bytes_written = Some(b.bytes_written);
+                    m.io_errors = Some(b.io_errors);
+                }
+                Some(m)
             })
             .collect();
         let vcpus = self

@@ -73,6 +73,16 @@ pub struct DeviceMetrics {
     pub reconnects: u64,
     /// Failed vhost-user requests to the backend.
     pub errors: u64,
+    /// From the backend's metrics socket (`<socket>.metrics`; `None` when
+    /// it has none, e.g. a third-party backend): requests it completed.
+    pub backend_requests: Option<u64>,
+    /// Bytes the backend read from guest buffers (block writes, net TX).
+    pub bytes_read: Option<u64>,
+    /// Bytes the backend wrote into guest buffers (block reads, net RX,
+    /// input events).
+    pub bytes_written: Option<u64>,
+    /// Requests the backend completed with an error status.
+    pub io_errors: Option<u64>,
 }
 
 /// Per-vCPU exit counters.

@@ -25,6 +25,7 @@ use log::{info, warn};
 
 use super::config::{BackendPlan, Plan};
 use super::UpError;
+use crate::api::metrics::backend_metrics_path;
 
 /// Restart backoff: first delay, cap, and the uptime after which a backend
 /// counts as healthy again (the delay starts over).
@@ -78,7 +79,9 @@ pub fn run(plan: &Plan, self_exe: &Path) -> Result<u8, UpError> {
     let result = start_and_supervise(plan, self_exe, &signals, &mut backends);
     stop_backends(&mut backends);
     for b in &backends {
-        for f in [&b.plan.socket, &b.notify_path, &b.pid_path]
+        // A backend that was killed leaves its metrics socket behind.
+        let metrics = backend_metrics_path(&b.plan.socket);
+        for f in [&b.plan.socket, &b.notify_path, &b.pid_path, &metrics]
             .into_iter()
             .chain(&b.plan.extra_files)
         {
@@ -302,6 +305,10 @@ fn spawn_backend(b: &Backend) -> Result<Child, UpError> {
     let mut cmd = Command::new(&b.plan.binary);
     cmd.args(&b.plan.args)
         .args(["--socket-fd", "3"])
+        // An inherited socket gets no metrics socket unless named; the
+        // VMM looks for it next to the vhost-user socket.
+        .arg("--metrics-socket")
+        .arg(backend_metrics_path(&b.plan.socket))
         .env("NOTIFY_SOCKET", &b.notify_path)
         .env("SPLITVM_DEVICE", &b.plan.name)
         .stdin(Stdio::null())

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use log::warn;
+use splitvm_backends::metrics;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -166,6 +167,7 @@ impl VhostUserBlkBackend {
         let req = match blk::parse_in(&**mem, &disk.info, segs, truncated, data) {
             Ok(r) => r,
             Err(rej) => {
+                metrics::counters().failed();
                 self.guest_warn(q, &rej.reason);
                 let len = match rej.status {
                     Some(at) if mem.write_obj(rej.code, at).is_ok() => 1,
@@ -223,10 +225,17 @@ impl VhostUserBlkBackend {
             }
         };
         let offset = offset_of(req);
+        let (from_guest, to_guest) = match req.op {
+            Op::Write { .. } => (req.data_len, 0),
+            Op::Read { .. } => (0, req.data_len),
+            _ => (0, 0),
+        };
         let token = w.put(InFlight {
             head,
             status: req.status,
             used_len: blk::used_len(req),
+            from_guest,
+            to_guest,
         });
         w.engine.submit(IoOp {
             token,
@@ -250,6 +259,12 @@ impl VhostUserBlkBackend {
     ) -> bool {
         let code = if ok { S_OK } else { S_IOERR };
         let len = if ok { used_len } else { 1 };
+        if ok {
+            // Only GET_ID writes data here: its used length minus the status byte.
+            metrics::counters().completed(0, u64::from(used_len.saturating_sub(1)));
+        } else {
+            metrics::counters().failed();
+        }
         // `status` was checked to lie in guest memory when the chain was
         // parsed; a memory table change since then makes this write fail,
         // which leaves the guest's byte untouched.
@@ -323,6 +338,11 @@ impl VhostUserBlkBackend {
                 warn!("queue {q}: I/O error: {e}");
             }
             let ok = c.result.is_ok();
+            if ok {
+                metrics::counters().completed(r.from_guest, r.to_guest);
+            } else {
+                metrics::counters().failed();
+            }
             let code = if ok { S_OK } else { S_IOERR };
             // See `finish` for why a failed status write reports length 0.
             let len = match mem.write_obj(code, r.status) {
