@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
+use splitvm_backends::avail::{self, Round};
 use splitvm_backends::metrics;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
@@ -156,22 +157,16 @@ impl VhostUserInputBackend {
         };
         let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
         let mut used = false;
-        loop {
-            if event_idx {
-                let _ = vring.disable_notification();
-            }
+        avail::rounds(vring, event_idx, || {
             let (u, starved) = body(&mem);
             used |= u;
-            if !event_idx {
-                break;
+            // Another round only for a body that stopped for want of
+            // chains after using some (every chain it takes gets a used
+            // entry).
+            Round::Done {
+                progressed: u && starved,
             }
-            // Re-enabled either way; another round only for a body that
-            // stopped for want of chains after using some (every chain it
-            // takes gets a used entry).
-            if !(splitvm_backends::avail::enable_and_recheck(vring, u) && starved) {
-                break;
-            }
-        }
+        });
         if used && vring.needs_notification().unwrap_or(true) {
             if let Err(e) = vring.signal_used_queue() {
                 warn!("signal used queue: {e}");
@@ -188,11 +183,7 @@ impl VhostUserInputBackend {
                 let Some(ev) = q.peek() else {
                     return (used, false);
                 };
-                let chain = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else {
+                let Some(chain) = avail::pop(vring, mem) else {
                     return (used, true);
                 };
                 let head = chain.head_index();
@@ -218,14 +209,7 @@ impl VhostUserInputBackend {
     fn drain_statusq(&self, vring: &VringRwLock) {
         self.with_queue(vring, |mem| {
             let mut used = false;
-            loop {
-                let chain = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else {
-                    break;
-                };
+            while let Some(chain) = avail::pop(vring, mem) {
                 let head = chain.head_index();
                 match read_event(mem, chain) {
                     Ok(ev) => {

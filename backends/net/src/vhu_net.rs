@@ -27,6 +27,7 @@ use vm_memory::{
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use splitvm_backends::avail::{self, Round};
 use splitvm_backends::metrics;
 use splitvm_backends::proxy::Intercept;
 
@@ -187,19 +188,9 @@ impl VhostUserNetBackend {
         let mut pair = lock(pair);
         let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
         let mut used = false;
-        loop {
-            if event_idx {
-                let _ = vring.disable_notification();
-            }
+        avail::rounds(vring, event_idx, || {
             let mut popped = false;
-            loop {
-                let chain = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else {
-                    break;
-                };
+            while let Some(chain) = avail::pop(vring, &mem) {
                 popped = true;
                 let head = chain.head_index();
                 if let Err(e) = self.tx_one(tap, &mem, &mut pair.out, chain) {
@@ -210,10 +201,8 @@ impl VhostUserNetBackend {
                 Self::add_used(vring, head, 0);
                 used = true;
             }
-            if !event_idx || !splitvm_backends::avail::enable_and_recheck(vring, popped) {
-                break;
-            }
-        }
+            Round::Done { progressed: popped }
+        });
         if used {
             Self::notify(vring);
         }
@@ -284,14 +273,7 @@ impl VhostUserNetBackend {
             return;
         };
         let mut used = false;
-        loop {
-            let chain = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.clone());
-            let Some(chain) = chain else {
-                break;
-            };
+        while let Some(chain) = avail::pop(vring, &mem) {
             let head = chain.head_index();
             let (ack_at, cmd) = self.read_ctrl(&mem, chain);
             let ack = match cmd {

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use log::warn;
+use splitvm_backends::avail::{self, Round};
 use splitvm_backends::metrics;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
@@ -39,20 +40,10 @@ impl VhostUserBlkBackend {
         // A poll hit followed by a pass that found nothing to do (a ring
         // the queue code refuses to pop from) must not spin forever.
         let mut may_poll = true;
-        loop {
-            if event_idx {
-                let _ = vring.disable_notification();
-            }
+        avail::rounds(vring, event_idx, || {
             let mut used = false;
             let mut popped = false;
-            loop {
-                let chain = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else {
-                    break;
-                };
+            while let Some(chain) = avail::pop(vring, &mem) {
                 popped = true;
                 used |= self.start_chain(q, w, vring, &mem, chain);
             }
@@ -65,18 +56,13 @@ impl VhostUserBlkBackend {
             }
             may_poll &= progress;
             if may_poll && Self::poll_for_work(w, vring, &mem) {
-                continue;
+                return Round::Again;
             }
             if w.engine.quiesce() {
-                continue;
+                return Round::Again;
             }
-            if !event_idx {
-                break;
-            }
-            if !splitvm_backends::avail::enable_and_recheck(vring, popped) {
-                break;
-            }
-        }
+            Round::Done { progressed: popped }
+        });
         w.poll.sleeping();
     }
 
