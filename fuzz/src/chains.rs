@@ -7,8 +7,8 @@
 //! `check_tx`, `parse_ctrl`) on the readable bytes; then the used entry is
 //! published, so the used ring and notification code run too.
 
-use splitvm_blk::blk::{self, DiskInfo, Op, Segment, MAX_SEGMENTS};
-use splitvm_blk::chain;
+use splitvm_blk::blk::{self, DiskInfo, Op, Segment};
+use splitvm_blk::chain::{self, MAX_CHAIN};
 use splitvm_net::net::{self, VnetHdr};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -20,8 +20,6 @@ const HIGH: u64 = 0x10_0000;
 const HIGH_LEN: u64 = 0x1000;
 /// Chains popped per input.
 const MAX_POPS: usize = 64;
-/// Longest chain walked, as in the blk worker.
-const MAX_CHAIN: usize = MAX_SEGMENTS + 2;
 
 struct Params {
     size: u16,
@@ -126,21 +124,9 @@ pub fn run(data: &[u8]) {
             break;
         };
         let head = c.head_index();
-        // The blk worker's walk (vhu_blk.rs `start_chain`).
+        // The blk worker's walk (vhu_blk/queue.rs `start_chain`).
         let mut segs = Vec::new();
-        let mut truncated = false;
-        for d in c {
-            if segs.len() >= MAX_CHAIN {
-                truncated = true;
-                break;
-            }
-            segs.push(Segment {
-                addr: d.addr().0,
-                len: u64::from(d.len()),
-                write: d.is_write_only(),
-            });
-            truncated = d.has_next();
-        }
+        let truncated = chain::collect(c, &mut segs);
         let used = match blk::parse(&mem, &info, &segs, truncated) {
             Ok(req) => {
                 if req.op == Op::GetId {

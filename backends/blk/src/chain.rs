@@ -1,12 +1,21 @@
-//! Walks the descriptor chain that starts at a given head, for requests
-//! resubmitted after a reconnect (they are named by head index from the
-//! inflight region, not popped from the avail ring). Same rules as the
-//! normal path: at most one indirect table, every `next` bounds-checked,
-//! a loop or a bad descriptor ends the chain as truncated. No `unsafe`.
+//! Descriptor chains to segments. [`collect`] is the normal path's walk of
+//! a chain popped from the avail ring (the queue worker; the fuzz harness
+//! runs the same function). [`walk`] follows the chain that starts at a
+//! given head, for requests resubmitted after a reconnect (they are named
+//! by head index from the inflight region, not popped from the avail
+//! ring). Same rules as the normal path: at most one indirect table, every
+//! `next` bounds-checked, a loop or a bad descriptor ends the chain as
+//! truncated. No `unsafe`.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use std::ops::Deref;
 
-use crate::blk::Segment;
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
+
+use crate::blk::{Segment, MAX_SEGMENTS};
+
+/// Longest chain (in descriptors) the backend walks; longer ones are dropped.
+pub const MAX_CHAIN: usize = MAX_SEGMENTS + 2;
 
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
@@ -77,6 +86,33 @@ pub fn walk<M: GuestMemoryBackend>(
         }
         idx = u32::from(d.next);
     }
+}
+
+/// The segments of a chain popped from the avail ring, into `segs`
+/// (cleared first, so a worker's scratch vector is reused without
+/// allocating), at most [`MAX_CHAIN`] of them; returns whether the chain
+/// was cut short (too long, or `virtio-queue` ended it on a bad
+/// descriptor while it still had a `next`).
+pub fn collect<M>(chain: DescriptorChain<M>, segs: &mut Vec<Segment>) -> bool
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    segs.clear();
+    let mut truncated = false;
+    for d in chain {
+        if segs.len() >= MAX_CHAIN {
+            truncated = true;
+            break;
+        }
+        segs.push(Segment {
+            addr: d.addr().0,
+            len: u64::from(d.len()),
+            write: d.is_write_only(),
+        });
+        truncated = d.has_next();
+    }
+    truncated
 }
 
 #[cfg(test)]

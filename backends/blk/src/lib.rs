@@ -6,7 +6,8 @@
 //! `vhu_blk.rs` (the `VhostUserBackend`) with `vhu_blk/queue.rs` (its data
 //! path) and `worker.rs` (per-queue state),
 //! `inflight.rs` (the `INFLIGHT_SHMFD` region), `intercept.rs` (its
-//! messages), `resume.rs` + `chain.rs` (resubmission after a reconnect),
+//! messages), `chain.rs` (chain walks), `resume.rs` (resubmission after a
+//! reconnect),
 //! `abi.rs` (memfd syscalls), and this file ([`start_backend`]).
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]

@@ -11,8 +11,8 @@ use virtio_queue::QueueT;
 use vm_memory::GuestMemoryLoadGuard;
 use vm_memory::GuestMemoryMmap;
 
-use crate::chain;
-use crate::vhu_blk::{VhostUserBlkBackend, MAX_CHAIN};
+use crate::chain::{self, MAX_CHAIN};
+use crate::vhu_blk::VhostUserBlkBackend;
 use crate::worker::Worker;
 
 type Mem = GuestMemoryLoadGuard<GuestMemoryMmap>;

@@ -29,7 +29,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, Gues
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
-use crate::blk::{DiskInfo, MAX_SEGMENTS};
+use crate::blk::DiskInfo;
 use crate::inflight::Region;
 use crate::io::{self as hio, EngineKind};
 use crate::worker::{RateLimit, Worker};
@@ -37,9 +37,6 @@ use crate::worker::{RateLimit, Worker};
 mod queue;
 
 type Mem = GuestMemoryLoadGuard<GuestMemoryMmap>;
-
-/// Longest chain (in descriptors) the backend walks; longer ones are dropped.
-pub(crate) const MAX_CHAIN: usize = MAX_SEGMENTS + 2;
 
 /// The image and everything fixed at startup, shared by all connections.
 #[derive(Debug)]

@@ -14,8 +14,9 @@ use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{Mem, VhostUserBlkBackend, MAX_CHAIN};
+use super::{Mem, VhostUserBlkBackend};
 use crate::blk::{self, Op, Request, Segment, S_IOERR, S_OK};
+use crate::chain;
 use crate::inflight::QueueTracker;
 use crate::io::{self as hio, Completion, GuestIovecs, IoKind, IoOp};
 use crate::worker::{InFlight, Worker};
@@ -113,20 +114,7 @@ impl VhostUserBlkBackend {
         w.track(head);
         // The worker's scratch vector: no allocation per request.
         let mut segs = std::mem::take(&mut w.segs);
-        segs.clear();
-        let mut truncated = false;
-        for d in chain {
-            if segs.len() >= MAX_CHAIN {
-                truncated = true;
-                break;
-            }
-            segs.push(Segment {
-                addr: d.addr().0,
-                len: u64::from(d.len()),
-                write: d.is_write_only(),
-            });
-            truncated = d.has_next();
-        }
+        let truncated = chain::collect(chain, &mut segs);
         let added = self.start_request(q, w, vring, mem, head, &segs, truncated);
         w.segs = segs;
         added
