@@ -1,8 +1,8 @@
 //! The API server: HTTP/1.1 on a unix socket, one request per connection,
 //! no async runtime. The `api` thread accepts; each connection is served on
 //! its own `api-conn` thread, at most `Limits::max_connections` at once
-//! (more are answered 503 at once), so neither a slow client nor a slow
-//! VMM operation (a swap waiting for a backend) stops the others.
+//! (`slots.rs`; more are answered 503 at once), so neither a slow client
+//! nor a slow VMM operation (a swap waiting for a backend) stops the others.
 //!
 //! Anyone who can open the socket can send anything, so every size is
 //! bounded ([`Limits`]): the request head, the number of headers, the body.
@@ -15,11 +15,12 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::routes::{self, Response};
+use super::slots::Active;
 use super::VmmControl;
 
 /// Bounds on what one request may take.
@@ -342,47 +343,6 @@ pub fn serve_connection(mut stream: UnixStream, control: &dyn VmmControl, limits
     let _ = stream.shutdown(std::net::Shutdown::Write);
     if drain_after {
         drain(&mut stream, limits);
-    }
-}
-
-/// Connections being served, so a stopping server can let them finish.
-#[derive(Debug, Default)]
-struct Active {
-    count: Mutex<usize>,
-    idle: Condvar,
-}
-
-impl Active {
-    /// Takes a slot unless `max` are taken.
-    fn enter(self: &Arc<Self>, max: usize) -> Option<Slot> {
-        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(Slot(self.clone()))
-    }
-
-    /// Waits until no connection is served, at most `limit`.
-    fn wait_idle(&self, limit: Duration) -> bool {
-        let n = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        match self.idle.wait_timeout_while(n, limit, |n| *n > 0) {
-            Ok((_, t)) => !t.timed_out(),
-            Err(_) => false,
-        }
-    }
-}
-
-/// Releases a connection slot when its thread ends, even by a panic.
-struct Slot(Arc<Active>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut n = self.0.count.lock().unwrap_or_else(|p| p.into_inner());
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            self.0.idle.notify_all();
-        }
     }
 }
 

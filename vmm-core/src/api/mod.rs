@@ -5,6 +5,7 @@
 pub mod http;
 pub mod metrics;
 pub mod routes;
+mod slots;
 
 use std::path::PathBuf;
 
