@@ -8,6 +8,7 @@
 //! shared mapping. [`GuestIovecs`] is the only way to build them: it holds
 //! the memory guard that keeps that mapping alive until the I/O completes.
 
+pub mod inline;
 pub mod null;
 pub mod sync;
 pub mod uring;
@@ -249,12 +250,12 @@ pub fn new_engine(
     depth: u32,
 ) -> Result<Box<dyn Engine>, IoError> {
     match kind {
-        EngineKind::Sync => Ok(Box::new(sync::Sync::new(file))),
-        EngineKind::Null => Ok(Box::new(null::Null::default())),
+        EngineKind::Sync => Ok(Box::new(inline::Inline::new(sync::Sync::new(file)))),
+        EngineKind::Null => Ok(Box::new(inline::Inline::new(null::Null))),
         EngineKind::IoUring => Ok(Box::new(uring::Uring::new(file, depth)?)),
         EngineKind::Auto => match uring::Uring::new(file.clone(), depth) {
             Ok(u) => Ok(Box::new(u)),
-            Err(_) => Ok(Box::new(sync::Sync::new(file))),
+            Err(_) => Ok(Box::new(inline::Inline::new(sync::Sync::new(file)))),
         },
     }
 }

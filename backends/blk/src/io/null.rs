@@ -3,43 +3,21 @@
 //! was). Only for benchmarks: it measures the virtqueue path and the
 //! frontend's ceiling with no storage cost (`scripts/bench`).
 
-use std::os::fd::RawFd;
+use std::io;
 
-use super::{Completion, Engine, IoOp};
+use super::inline::RunNow;
+use super::IoOp;
 
 /// See the module docs.
 #[derive(Default)]
-pub struct Null {
-    done: Vec<Completion>,
-}
+pub struct Null;
 
-impl Engine for Null {
+impl RunNow for Null {
     fn name(&self) -> &'static str {
         "null"
     }
 
-    fn submit(&mut self, op: IoOp) {
-        self.done.push(Completion {
-            token: op.token,
-            result: Ok(()),
-        });
-    }
-
-    fn commit(&mut self) {}
-
-    fn reap(&mut self, out: &mut Vec<Completion>) {
-        out.append(&mut self.done);
-    }
-
-    fn drain(&mut self, out: &mut Vec<Completion>) {
-        out.append(&mut self.done);
-    }
-
-    fn notifier(&self) -> Option<RawFd> {
-        None
-    }
-
-    fn in_flight(&self) -> usize {
-        self.done.len()
+    fn run(&self, _op: IoOp) -> io::Result<()> {
+        Ok(())
     }
 }

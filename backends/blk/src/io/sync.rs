@@ -3,28 +3,21 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use super::{Completion, Engine, GuestIovecs, IoKind, IoOp};
+use super::inline::RunNow;
+use super::{GuestIovecs, IoKind, IoOp};
 
 /// See the module docs.
 pub struct Sync {
     file: Arc<File>,
-    done: Vec<Completion>,
 }
 
 impl Sync {
     /// An engine on `file`.
     pub fn new(file: Arc<File>) -> Self {
-        Sync {
-            file,
-            done: Vec::new(),
-        }
-    }
-
-    fn rw(&self, bufs: GuestIovecs, offset: u64, write: bool) -> io::Result<()> {
-        rw(&self.file, bufs, offset, write)
+        Sync { file }
     }
 }
 
@@ -69,38 +62,16 @@ pub(super) fn rw(
     Ok(())
 }
 
-impl Engine for Sync {
+impl RunNow for Sync {
     fn name(&self) -> &'static str {
         "sync"
     }
 
-    fn submit(&mut self, op: IoOp) {
-        let result = match op.kind {
-            IoKind::Read(b) => self.rw(b, op.offset, false),
-            IoKind::Write(b) => self.rw(b, op.offset, true),
+    fn run(&self, op: IoOp) -> io::Result<()> {
+        match op.kind {
+            IoKind::Read(b) => rw(&self.file, b, op.offset, false),
+            IoKind::Write(b) => rw(&self.file, b, op.offset, true),
             IoKind::Flush => self.file.sync_data(),
-        };
-        self.done.push(Completion {
-            token: op.token,
-            result,
-        });
-    }
-
-    fn commit(&mut self) {}
-
-    fn reap(&mut self, out: &mut Vec<Completion>) {
-        out.append(&mut self.done);
-    }
-
-    fn drain(&mut self, out: &mut Vec<Completion>) {
-        out.append(&mut self.done);
-    }
-
-    fn notifier(&self) -> Option<RawFd> {
-        None
-    }
-
-    fn in_flight(&self) -> usize {
-        self.done.len()
+        }
     }
 }
