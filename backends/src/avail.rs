@@ -7,6 +7,10 @@
 //! forever, spinning a core and never seeing its exit event, so the backend
 //! could not let the frontend go. Found by the `vhost_user_blk` fuzz
 //! target; `tests/it/*_hostile.rs` (`*_avail_index_overrun_*`) cover it.
+//!
+//! [`rounds`] is the whole loop (notifications off, a round, re-enable and
+//! re-check) that the blk, net and input workers share; [`pop`] takes one
+//! chain.
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
