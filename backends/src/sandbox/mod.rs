@@ -105,21 +105,7 @@ pub fn enter(mode: Mode, policy: &Policy) -> Result<(), SandboxError> {
     privileges::drop_capabilities().map_err(SandboxError::Caps)?;
     #[cfg(feature = "sandbox-selftest")]
     selftest_open();
-    // A backend whose main thread opens files after sandboxing (input:
-    // evdev devices) keeps openat there, under Landlock; everywhere else
-    // it fails with EACCES.
-    let opens_files = policy.syscalls.main.contains(&libc::SYS_openat);
-    let no_open = seccomp::build_open_eacces()?;
-    let worker = seccomp::build(&policy.syscalls, ThreadKind::Worker)?;
-    let mut worker_filters = vec![worker];
-    let main = seccomp::build(&policy.syscalls, ThreadKind::Main)?;
-    let clone3 = seccomp::build_clone3_enosys()?;
-    let mut process_wide = vec![main, clone3];
-    if opens_files {
-        worker_filters.push(no_open);
-    } else {
-        process_wide.push(no_open);
-    }
+    let (process_wide, worker_filters) = filters(&policy.syscalls)?;
     let _ = WORKER_FILTERS.set(worker_filters);
     for f in &process_wide {
         seccompiler::apply_filter(f).map_err(|e| SandboxError::Seccomp(e.to_string()))?;
@@ -130,6 +116,25 @@ pub fn enter(mode: Mode, policy: &Policy) -> Result<(), SandboxError> {
         policy.syscalls.count(ThreadKind::Worker)
     );
     Ok(())
+}
+
+/// The process-wide filters and, in the order a worker installs them, the
+/// worker's. A backend whose main thread opens files after sandboxing
+/// (input: evdev devices) keeps openat there, under Landlock; everywhere
+/// else it fails with EACCES. The worker's allowlist comes last: it has no
+/// `seccomp(2)`, so no filter can be added after it.
+fn filters(
+    set: &seccomp::SyscallSet,
+) -> Result<(Vec<seccompiler::BpfProgram>, Vec<seccompiler::BpfProgram>), SandboxError> {
+    let no_open = seccomp::build_open_eacces()?;
+    let worker = seccomp::build(set, ThreadKind::Worker)?;
+    let main = seccomp::build(set, ThreadKind::Main)?;
+    let clone3 = seccomp::build_clone3_enosys()?;
+    if set.main.contains(&libc::SYS_openat) {
+        Ok((vec![main, clone3], vec![no_open, worker]))
+    } else {
+        Ok((vec![main, clone3, no_open], vec![worker]))
+    }
 }
 
 /// Called by a vring worker thread on every event: the first call in a
@@ -209,6 +214,50 @@ mod tests {
 
     use super::*;
     use crate::listener::ListenOn;
+
+    /// In a forked child (filters are for life): the process-wide filters,
+    /// then the worker's in [`enter_worker`]'s order, all install (a worker
+    /// allowlist installed before another filter killed input's evdev
+    /// backend with SIGSYS), and `openat` then fails with EACCES.
+    fn worker_survives_its_filters(main: Vec<i64>) {
+        let set = seccomp::SyscallSet {
+            main,
+            worker: vec![libc::SYS_sendto],
+            ioctl_types: vec![b'E'],
+            worker_ioctls: false,
+        };
+        let (process_wide, worker) = filters(&set).unwrap();
+        // SAFETY: the child makes raw syscalls only and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: seccomp and open with valid arguments; _exit.
+            unsafe {
+                for f in process_wide.iter().chain(&worker) {
+                    if seccompiler::apply_filter(f).is_err() {
+                        libc::_exit(10);
+                    }
+                }
+                let fd = libc::open(c"/proc/self/status".as_ptr(), libc::O_RDONLY);
+                let refused = fd < 0 && *libc::__errno_location() == libc::EACCES;
+                libc::_exit(if refused { 0 } else { 12 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status:#x} (signal {})",
+            libc::WTERMSIG(status)
+        );
+    }
+
+    #[test]
+    fn worker_filters_install_in_order_and_refuse_opens() {
+        worker_survives_its_filters(Vec::new());
+        worker_survives_its_filters(vec![libc::SYS_openat]);
+    }
 
     #[test]
     fn remove_dirs_cover_the_vhost_user_and_metrics_sockets() {
