@@ -207,6 +207,14 @@ fn sandbox_selftest_open_fails_forbidden_syscall_kills_and_the_frontend_reconnec
         !blk.dump().contains("not killed"),
         "the syscall must not return"
     );
+    // The SIGSYS handler named it first (stderr is read by another thread).
+    let named = format!(
+        "splitvm-blk: seccomp: forbidden syscall {}",
+        libc::SYS_socket
+    );
+    splitvm_tests::wait::wait_for("the refused syscall on stderr", T, || {
+        blk.dump().contains(&named).then_some(())
+    });
 
     // Like any other death: a request waits, a new backend on the same
     // socket is picked up and serves it.

@@ -11,9 +11,10 @@
 //!    sets emptied;
 //! 6. seccomp-BPF: a process-wide allowlist (every thread kind's union) and a
 //!    tighter one each vring worker installs on its first event
-//!    ([`enter_worker`]); any other syscall kills the process (`SIGSYS`).
-//!    `openat` fails with `EACCES` ([`seccomp::build_open_eacces`]) on
-//!    every thread that has no file to open.
+//!    ([`enter_worker`]); any other syscall kills the process (`SIGSYS`,
+//!    named on stderr first by [`splitvm_seccomp::sigsys`]). `openat` fails
+//!    with `EACCES` ([`splitvm_seccomp::open_eacces`]) on every thread that
+//!    has no file to open.
 //!
 //! A layer the kernel refuses is reported once (what and why) with `warn!`
 //! and the others still apply; `--sandbox off` skips all of them with a
@@ -50,6 +51,9 @@ pub enum SandboxError {
     /// A seccomp filter could not be built or installed.
     #[error("seccomp: {0}")]
     Seccomp(String),
+    /// A seccomp filter did not compile.
+    #[error(transparent)]
+    Filter(#[from] splitvm_seccomp::FilterError),
     /// `no_new_privs` could not be set.
     #[error("no_new_privs: {0}")]
     NoNewPrivs(#[source] std::io::Error),
@@ -107,6 +111,8 @@ pub fn enter(mode: Mode, policy: &Policy) -> Result<(), SandboxError> {
     selftest_open();
     let (process_wide, worker_filters) = filters(&policy.syscalls)?;
     let _ = WORKER_FILTERS.set(worker_filters);
+    splitvm_seccomp::sigsys::install(policy.name)
+        .map_err(|e| SandboxError::Seccomp(format!("SIGSYS handler: {e}")))?;
     for f in &process_wide {
         seccompiler::apply_filter(f).map_err(|e| SandboxError::Seccomp(e.to_string()))?;
     }
@@ -126,10 +132,10 @@ pub fn enter(mode: Mode, policy: &Policy) -> Result<(), SandboxError> {
 fn filters(
     set: &seccomp::SyscallSet,
 ) -> Result<(Vec<seccompiler::BpfProgram>, Vec<seccompiler::BpfProgram>), SandboxError> {
-    let no_open = seccomp::build_open_eacces()?;
+    let no_open = splitvm_seccomp::open_eacces()?;
     let worker = seccomp::build(set, ThreadKind::Worker)?;
     let main = seccomp::build(set, ThreadKind::Main)?;
-    let clone3 = seccomp::build_clone3_enosys()?;
+    let clone3 = splitvm_seccomp::clone3_enosys()?;
     if set.main.contains(&libc::SYS_openat) {
         Ok((vec![main, clone3], vec![no_open, worker]))
     } else {

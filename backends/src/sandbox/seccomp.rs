@@ -3,17 +3,15 @@
 //! generic requests plus the request types (`_IOC_TYPE`) the backend's
 //! devices use, `socket` to `AF_UNIX`, `prctl` to naming a thread and
 //! `no_new_privs`, `seccomp` to adding a filter, `clone`
-//! to threads (`CLONE_THREAD`: no child processes). Any other syscall kills
-//! the whole process (`SECCOMP_RET_KILL_PROCESS`). `clone3`, whose flags a
-//! filter cannot read, fails with `ENOSYS` through a second filter
-//! ([`build_clone3_enosys`]), so the C library falls back to `clone`.
+//! to threads (`CLONE_THREAD`: no child processes). Any other syscall traps
+//! to [`splitvm_seccomp::sigsys`], which names it on stderr, and the whole
+//! process dies by `SIGSYS`. The stacked refusals (`clone3` → `ENOSYS`,
+//! `openat` → `EACCES`) are [`splitvm_seccomp`]'s.
 
 use std::collections::BTreeMap;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use seccompiler::{BpfProgram, SeccompCmpOp, SeccompRule};
+use splitvm_seccomp::arg_rule;
 
 use super::SandboxError;
 
@@ -33,7 +31,7 @@ pub enum ThreadKind {
 /// Syscalls every thread needs: memory, futexes, eventfd and fd I/O,
 /// epoll, time, exiting, and what the Rust runtime does on a panic.
 const COMMON: &[i64] = &[
-    // Allowed here, refused with EACCES by [`build_open_eacces`] unless the
+    // Allowed here, refused with EACCES by `open_eacces` unless the
     // backend opens files after sandboxing (then Landlock decides).
     libc::SYS_openat,
     libc::SYS_read,
@@ -167,15 +165,6 @@ impl SyscallSet {
     }
 }
 
-fn cond(arg: u8, op: SeccompCmpOp, val: u64) -> Result<SeccompCondition, SandboxError> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, val)
-        .map_err(|e| SandboxError::Seccomp(e.to_string()))
-}
-
-fn rule(c: SeccompCondition) -> Result<SeccompRule, SandboxError> {
-    SeccompRule::new(vec![c]).map_err(|e| SandboxError::Seccomp(e.to_string()))
-}
-
 /// Compiles the filter of one thread kind.
 pub fn build(set: &SyscallSet, kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
@@ -184,86 +173,45 @@ pub fn build(set: &SyscallSet, kind: ThreadKind) -> Result<BpfProgram, SandboxEr
     }
     let mut ioctl = Vec::new();
     for &req in IOCTL_GENERIC {
-        ioctl.push(rule(cond(1, SeccompCmpOp::Eq, u64::from(req))?)?);
+        ioctl.push(arg_rule(1, SeccompCmpOp::Eq, u64::from(req))?);
     }
     if kind == ThreadKind::Main || set.worker_ioctls {
         for &t in &set.ioctl_types {
-            ioctl.push(rule(cond(
+            ioctl.push(arg_rule(
                 1,
                 SeccompCmpOp::MaskedEq(0xff00),
                 u64::from(t) << 8,
-            )?)?);
+            )?);
         }
     }
     rules.insert(libc::SYS_ioctl, ioctl);
     if kind == ThreadKind::Main {
         rules.insert(
             libc::SYS_socket,
-            vec![rule(cond(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?)?],
+            vec![arg_rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?],
         );
         // Naming threads; no_new_privs and adding filters only tighten
         // (a vring worker adds its own filter on its first event).
         rules.insert(
             libc::SYS_prctl,
             vec![
-                rule(cond(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?)?,
-                rule(cond(0, SeccompCmpOp::Eq, libc::PR_SET_NO_NEW_PRIVS as u64)?)?,
+                arg_rule(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?,
+                arg_rule(0, SeccompCmpOp::Eq, libc::PR_SET_NO_NEW_PRIVS as u64)?,
             ],
         );
         rules.insert(
             libc::SYS_seccomp,
-            vec![rule(cond(0, SeccompCmpOp::Eq, SECCOMP_SET_MODE_FILTER)?)?],
+            vec![arg_rule(0, SeccompCmpOp::Eq, SECCOMP_SET_MODE_FILTER)?],
         );
     }
     if kind == ThreadKind::Main {
         let thread = libc::CLONE_THREAD as u64;
         rules.insert(
             libc::SYS_clone,
-            vec![rule(cond(0, SeccompCmpOp::MaskedEq(thread), thread)?)?],
+            vec![arg_rule(0, SeccompCmpOp::MaskedEq(thread), thread)?],
         );
     }
-    compile(rules, SeccompAction::KillProcess, SeccompAction::Allow)
-}
-
-/// `clone3` → `ENOSYS`, everything else allowed: stacked on the main
-/// filter (the kernel applies the strictest verdict of all filters), it
-/// turns `clone3` into a failure the C library answers with `clone`.
-pub fn build_clone3_enosys() -> Result<BpfProgram, SandboxError> {
-    let mut rules = BTreeMap::new();
-    rules.insert(libc::SYS_clone3, Vec::new());
-    compile(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-    )
-}
-
-/// `openat` → `EACCES`, everything else allowed. glibc opens
-/// `/proc/sys/vm/overcommit_memory` the first time it shrinks a thread's
-/// malloc arena, at a moment that depends on allocation history: with
-/// `openat` merely missing from an allowlist, that kills the process long
-/// after start (seen in the VMM on a backend reconnect). Stacked on an
-/// allowlist that has `openat`, this turns it into a failure glibc handles.
-pub fn build_open_eacces() -> Result<BpfProgram, SandboxError> {
-    let mut rules = BTreeMap::new();
-    rules.insert(libc::SYS_openat, Vec::new());
-    compile(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES as u32),
-    )
-}
-
-fn compile(
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-    mismatch: SeccompAction,
-    matched: SeccompAction,
-) -> Result<BpfProgram, SandboxError> {
-    let filter = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
-        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
+    Ok(splitvm_seccomp::allowlist(rules)?)
 }
 
 #[cfg(test)]
@@ -294,7 +242,7 @@ mod tests {
     #[test]
     fn workers_get_no_sockets_threads_or_opens() {
         // openat is in the list but refused by the stacked EACCES filter.
-        assert!(!build_open_eacces().unwrap().is_empty());
+        assert!(!splitvm_seccomp::open_eacces().unwrap().is_empty());
         let w = set().numbers(ThreadKind::Worker);
         for nr in [
             libc::SYS_socket,
@@ -314,6 +262,6 @@ mod tests {
         for kind in [ThreadKind::Main, ThreadKind::Worker] {
             assert!(!build(&set(), kind).unwrap().is_empty());
         }
-        assert!(!build_clone3_enosys().unwrap().is_empty());
+        assert!(!splitvm_seccomp::clone3_enosys().unwrap().is_empty());
     }
 }

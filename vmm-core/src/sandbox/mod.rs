@@ -5,9 +5,9 @@
 //! of the control plane exists: a process-wide seccomp allowlist (API,
 //! control, device monitors, backend requests, stdin), installed on all
 //! threads at once, and a tighter one each vCPU thread adds as it starts;
-//! `openat` fails with `EACCES` everywhere ([`open_eacces`]).
+//! `openat` fails with `EACCES` everywhere ([`splitvm_seccomp::open_eacces`]).
 //! Any other syscall kills the process (`SIGSYS`, named on stderr first:
-//! [`sigsys`]). Connecting to the
+//! [`splitvm_seccomp::sigsys`]). Connecting to the
 //! backends' sockets (also new ones given to `swap` at run time) needs no
 //! Landlock right: Landlock does not restrict `connect(2)` on unix sockets.
 //! A layer the kernel refuses is reported once with `warn!`.
@@ -21,14 +21,10 @@ use landlock::{
     RulesetAttr, RulesetCreatedAttr, RulesetStatus, ABI,
 };
 use log::{info, warn};
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use seccompiler::{BpfProgram, SeccompCmpOp, SeccompRule};
+use splitvm_seccomp::{arg_rule, clone3_enosys, open_eacces, sigsys};
 
 use crate::config::{SerialTarget, VmConfig};
-
-mod sigsys;
 
 /// `--sandbox on|off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -49,6 +45,8 @@ pub enum SandboxError {
     Landlock(String),
     #[error("seccomp: {0}")]
     Seccomp(String),
+    #[error(transparent)]
+    Filter(#[from] splitvm_seccomp::FilterError),
     #[error("serial file {path}: {source}")]
     Serial {
         path: String,
@@ -59,7 +57,7 @@ pub enum SandboxError {
 
 /// Syscalls of every VMM thread.
 const COMMON: &[i64] = &[
-    // Allowed here, refused with EACCES by [`open_eacces`]: nothing opens
+    // Allowed here, refused with EACCES by `open_eacces`: nothing opens
     // files once the sandbox is on, but glibc may (see there).
     libc::SYS_openat,
     libc::SYS_read,
@@ -176,23 +174,6 @@ pub fn syscall_count(kind: ThreadKind) -> usize {
     numbers(kind).len()
 }
 
-fn cond(arg: u8, op: SeccompCmpOp, val: u64) -> Result<SeccompRule, SandboxError> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, val)
-        .and_then(|c| SeccompRule::new(vec![c]))
-        .map_err(|e| SandboxError::Seccomp(e.to_string()))
-}
-
-fn compile(
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-    mismatch: SeccompAction,
-    matched: SeccompAction,
-) -> Result<BpfProgram, SandboxError> {
-    SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
-        .map_err(|e| SandboxError::Seccomp(e.to_string()))?
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
-}
-
 /// The allowlist of one thread kind.
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
@@ -202,56 +183,31 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
     rules.insert(
         libc::SYS_ioctl,
         vec![
-            cond(1, SeccompCmpOp::MaskedEq(0xff00), KVMIO << 8)?,
-            cond(1, SeccompCmpOp::MaskedEq(0xff00), u64::from(b'T') << 8)?,
+            arg_rule(1, SeccompCmpOp::MaskedEq(0xff00), KVMIO << 8)?,
+            arg_rule(1, SeccompCmpOp::MaskedEq(0xff00), u64::from(b'T') << 8)?,
         ],
     );
     if kind == ThreadKind::Control {
         let thread = libc::CLONE_THREAD as u64;
         rules.insert(
             libc::SYS_clone,
-            vec![cond(0, SeccompCmpOp::MaskedEq(thread), thread)?],
+            vec![arg_rule(0, SeccompCmpOp::MaskedEq(thread), thread)?],
         );
         rules.insert(
             libc::SYS_socket,
-            vec![cond(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?],
+            vec![arg_rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?],
         );
         rules.insert(
             libc::SYS_prctl,
             vec![
-                cond(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?,
-                cond(0, SeccompCmpOp::Eq, libc::PR_SET_NO_NEW_PRIVS as u64)?,
+                arg_rule(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?,
+                arg_rule(0, SeccompCmpOp::Eq, libc::PR_SET_NO_NEW_PRIVS as u64)?,
             ],
         );
         // SECCOMP_SET_MODE_FILTER: a vCPU adding its own filter.
-        rules.insert(libc::SYS_seccomp, vec![cond(0, SeccompCmpOp::Eq, 1)?]);
+        rules.insert(libc::SYS_seccomp, vec![arg_rule(0, SeccompCmpOp::Eq, 1)?]);
     }
-    compile(rules, SeccompAction::Trap, SeccompAction::Allow)
-}
-
-/// `clone3` fails with `ENOSYS` (its flags are out of a filter's reach), so
-/// the C library uses `clone`, whose `CLONE_THREAD` the filter checks.
-fn clone3_enosys() -> Result<BpfProgram, SandboxError> {
-    let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
-    compile(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-    )
-}
-
-/// `openat` → `EACCES`. glibc opens `/proc/sys/vm/overcommit_memory` the
-/// first time it shrinks a thread's malloc arena, at a moment that depends
-/// on allocation history: with `openat` only missing from the allowlist,
-/// that killed the VMM on a backend reconnect in the nested lab. Stacked on
-/// an allowlist that has `openat`, this makes it a failure glibc handles.
-fn open_eacces() -> Result<BpfProgram, SandboxError> {
-    let rules = BTreeMap::from([(libc::SYS_openat, Vec::new())]);
-    compile(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES as u32),
-    )
+    Ok(splitvm_seccomp::allowlist(rules)?)
 }
 
 fn rule(path: &Path, access: BitFlags<AccessFs>) -> Option<PathBeneath<PathFd>> {
@@ -342,7 +298,8 @@ pub fn restrict_syscalls(mode: Mode) -> Result<Option<BpfProgram>, SandboxError>
     }
     let control = filter(ThreadKind::Control)?;
     let vcpu = filter(ThreadKind::Vcpu)?;
-    sigsys::install().map_err(|e| SandboxError::Seccomp(format!("SIGSYS handler: {e}")))?;
+    sigsys::install("splitvm")
+        .map_err(|e| SandboxError::Seccomp(format!("SIGSYS handler: {e}")))?;
     for f in [&control, &clone3_enosys()?, &open_eacces()?] {
         seccompiler::apply_filter_all_threads(f)
             .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
@@ -380,7 +337,7 @@ mod tests {
             // the child without running the parent's destructors.
             unsafe {
                 libc::dup2(pipe[1], libc::STDERR_FILENO);
-                if sigsys::install().is_err() {
+                if sigsys::install("splitvm").is_err() {
                     libc::_exit(10);
                 }
                 for f in &filters {

@@ -1,18 +1,24 @@
-//! Names the syscall seccomp refused before the process dies. The filters'
-//! mismatch action is `SECCOMP_RET_TRAP`, not `KILL_PROCESS`: the kernel
+//! Names the syscall seccomp refused before the process dies. The
+//! allowlists' mismatch action is `SECCOMP_RET_TRAP`, not `KILL_PROCESS`: the kernel
 //! then delivers `SIGSYS` with the syscall's number to this handler, which
 //! writes it to stderr and re-raises the signal with the default action,
 //! so the process still ends "killed by SIGSYS" as before. Without it, a
 //! kill by seccomp leaves no trace unless the kernel's audit log is on.
 
 use std::io;
+use std::sync::OnceLock;
+
+/// The process's name, for the message (set once by [`install`]).
+static NAME: OnceLock<&'static str> = OnceLock::new();
 
 /// Where `si_syscall` sits in a `SIGSYS` siginfo on x86_64: after
 /// `si_signo`, `si_errno`, `si_code` (+ padding) and `si_call_addr`.
 const SI_SYSCALL_OFFSET: usize = 24;
 
-/// Installs the handler (once, before the filters; any thread).
-pub fn install() -> io::Result<()> {
+/// Installs the handler (once, before the filters; any thread); `name`
+/// starts its message.
+pub fn install(name: &'static str) -> io::Result<()> {
+    let _ = NAME.set(name);
     // SAFETY: a zeroed sigaction is valid; the fields set below are the
     // handler (an extern "C" fn of the SA_SIGINFO signature) and flags.
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -40,8 +46,10 @@ fn decimal(mut nr: u64, buf: &mut [u8; 20]) -> usize {
     }
 }
 
-/// Async-signal-safe: only write(2), getpid(2), gettid(2) and tgkill(2),
-/// which every thread's filter allows.
+/// Async-signal-safe: only write(2), getpid(2), gettid(2) and tgkill(2).
+/// A thread whose allowlist lacks one of them traps again inside the
+/// handler, with SIGSYS blocked: the kernel then kills the process with
+/// SIGSYS at once, so the outcome is the same, only without the message.
 extern "C" fn report(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     let nr = if info.is_null() {
         -1
@@ -57,8 +65,11 @@ extern "C" fn report(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut l
     };
     let mut digits = [0u8; 20];
     let start = decimal(u64::from(nr.unsigned_abs()), &mut digits);
-    let parts: [&[u8]; 3] = [
-        b"splitvm: seccomp: forbidden syscall ",
+    // OnceLock::get is an atomic load: async-signal-safe.
+    let name = NAME.get().copied().unwrap_or("splitvm");
+    let parts: [&[u8]; 4] = [
+        name.as_bytes(),
+        b": seccomp: forbidden syscall ",
         &digits[start..],
         b"; the process is killed (SIGSYS)\n",
     ];

@@ -1,0 +1,74 @@
+//! The seccomp pieces the VMM (`vmm-core/src/sandbox`) and the backends
+//! (`backends/src/sandbox`) share; each keeps its own allowlists.
+//!
+//! - [`compile`] and [`arg_rule`]: a `seccompiler` filter for x86_64;
+//! - [`clone3_enosys`] and [`open_eacces`]: filters stacked on an allowlist
+//!   (the kernel applies the strictest verdict of all filters) that turn a
+//!   syscall into an error the C library handles instead of a kill;
+//! - [`sigsys`]: the handler that names a refused syscall before the
+//!   process dies (allowlists trap on a mismatch rather than kill).
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+pub mod sigsys;
+
+/// A filter that does not compile (a bug in a list, not a runtime state).
+#[derive(Debug, thiserror::Error)]
+#[error("seccomp filter: {0}")]
+pub struct FilterError(String);
+
+/// A rule on one 32-bit argument of a syscall.
+pub fn arg_rule(arg: u8, op: SeccompCmpOp, val: u64) -> Result<SeccompRule, FilterError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, val)
+        .and_then(|c| SeccompRule::new(vec![c]))
+        .map_err(|e| FilterError(e.to_string()))
+}
+
+/// Compiles `rules` (syscall number → rules, empty: any arguments) into a
+/// BPF program: `matched` for a listed syscall, `mismatch` otherwise.
+pub fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, FilterError> {
+    SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+        .map_err(|e| FilterError(e.to_string()))?
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| FilterError(e.to_string()))
+}
+
+/// An allowlist: the syscalls in `rules` pass, any other traps to the
+/// [`sigsys`] handler (which names it, then the process dies by `SIGSYS`).
+pub fn allowlist(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, FilterError> {
+    compile(rules, SeccompAction::Trap, SeccompAction::Allow)
+}
+
+/// One syscall fails with `errno`, everything else passes.
+fn refuse(nr: i64, errno: i32) -> Result<BpfProgram, FilterError> {
+    compile(
+        BTreeMap::from([(nr, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno as u32),
+    )
+}
+
+/// `clone3` → `ENOSYS`: its flags are out of a filter's reach, so the C
+/// library falls back to `clone`, whose `CLONE_THREAD` an allowlist checks.
+pub fn clone3_enosys() -> Result<BpfProgram, FilterError> {
+    refuse(libc::SYS_clone3, libc::ENOSYS)
+}
+
+/// `openat` → `EACCES`, for threads with no file to open. glibc opens
+/// `/proc/sys/vm/overcommit_memory` the first time it shrinks a thread's
+/// malloc arena, at a moment that depends on allocation history: with
+/// `openat` merely missing from an allowlist, that killed the VMM on a
+/// backend reconnect in the nested lab. Stacked on an allowlist that has
+/// `openat`, this makes it a failure glibc handles.
+pub fn open_eacces() -> Result<BpfProgram, FilterError> {
+    refuse(libc::SYS_openat, libc::EACCES)
+}
