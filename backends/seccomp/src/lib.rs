@@ -17,6 +17,51 @@ use seccompiler::{
 
 pub mod sigsys;
 
+/// What any thread of a Rust program makes, whatever it does: memory,
+/// futexes, reads and writes on fds it holds, poll/epoll waits, signal
+/// masks and returns (the `SIGSYS` reporter: `getpid`, `gettid`, `tgkill`),
+/// time, exiting, `fstat`-like calls, `rseq`; and `openat`, which glibc
+/// may make at any moment, for [`open_eacces`] to refuse.
+pub const THREAD_BASICS: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_futex,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_mprotect,
+    libc::SYS_brk,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_sched_yield,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_getrandom,
+    libc::SYS_fcntl,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_rseq,
+];
+
 /// A filter that does not compile (a bug in a list, not a runtime state).
 #[derive(Debug, thiserror::Error)]
 #[error("seccomp filter: {0}")]

@@ -28,56 +28,18 @@ pub enum ThreadKind {
     Worker,
 }
 
-/// Syscalls every thread needs: memory, futexes, eventfd and fd I/O,
-/// epoll, time, exiting, and what the Rust runtime does on a panic.
+/// Syscalls every backend thread makes on top of
+/// [`splitvm_seccomp::THREAD_BASICS`]: positioned I/O on the image and
+/// guest buffers, `epoll_pwait2`.
 const COMMON: &[i64] = &[
-    // Allowed here, refused with EACCES by `open_eacces` unless the
-    // backend opens files after sandboxing (then Landlock decides).
-    libc::SYS_openat,
-    libc::SYS_read,
-    libc::SYS_write,
-    libc::SYS_readv,
-    libc::SYS_writev,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_preadv,
     libc::SYS_pwritev,
     libc::SYS_preadv2,
     libc::SYS_pwritev2,
-    libc::SYS_close,
-    libc::SYS_futex,
-    libc::SYS_epoll_wait,
-    libc::SYS_epoll_pwait,
     libc::SYS_epoll_pwait2,
-    libc::SYS_epoll_ctl,
-    libc::SYS_poll,
-    libc::SYS_ppoll,
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_madvise,
-    libc::SYS_mprotect,
-    libc::SYS_brk,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_sigaltstack,
-    libc::SYS_restart_syscall,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-    libc::SYS_clock_gettime,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_nanosleep,
-    libc::SYS_sched_yield,
-    libc::SYS_getpid,
-    libc::SYS_gettid,
-    libc::SYS_tgkill,
-    libc::SYS_getrandom,
-    libc::SYS_fcntl,
     libc::SYS_lseek,
-    libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_statx,
-    libc::SYS_rseq,
 ];
 
 /// What only the process-wide filter allows on top of [`COMMON`]: the
@@ -141,7 +103,8 @@ pub struct SyscallSet {
 
 impl SyscallSet {
     fn numbers(&self, kind: ThreadKind) -> Vec<i64> {
-        let mut v: Vec<i64> = COMMON.to_vec();
+        let mut v: Vec<i64> = splitvm_seccomp::THREAD_BASICS.to_vec();
+        v.extend(COMMON);
         v.extend(&self.worker);
         if kind == ThreadKind::Main {
             v.extend(MAIN);

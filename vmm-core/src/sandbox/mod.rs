@@ -55,47 +55,9 @@ pub enum SandboxError {
     },
 }
 
-/// Syscalls of every VMM thread.
+/// Syscalls of every VMM thread, on top of
+/// [`splitvm_seccomp::THREAD_BASICS`].
 const COMMON: &[i64] = &[
-    // Allowed here, refused with EACCES by `open_eacces`: nothing opens
-    // files once the sandbox is on, but glibc may (see there).
-    libc::SYS_openat,
-    libc::SYS_read,
-    libc::SYS_write,
-    libc::SYS_readv,
-    libc::SYS_writev,
-    libc::SYS_close,
-    libc::SYS_futex,
-    libc::SYS_epoll_wait,
-    libc::SYS_epoll_pwait,
-    libc::SYS_epoll_ctl,
-    libc::SYS_poll,
-    libc::SYS_ppoll,
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_madvise,
-    libc::SYS_mprotect,
-    libc::SYS_brk,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_sigaltstack,
-    libc::SYS_restart_syscall,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-    libc::SYS_clock_gettime,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_nanosleep,
-    libc::SYS_sched_yield,
-    libc::SYS_getpid,
-    libc::SYS_gettid,
-    libc::SYS_tgkill,
-    libc::SYS_getrandom,
-    libc::SYS_fcntl,
-    libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_statx,
-    libc::SYS_rseq,
     libc::SYS_ioctl,
     // vCPUs write device registers that send vhost-user messages (with
     // eventfds) to the backends.
@@ -160,7 +122,8 @@ pub enum ThreadKind {
 }
 
 fn numbers(kind: ThreadKind) -> Vec<i64> {
-    let mut v = COMMON.to_vec();
+    let mut v = splitvm_seccomp::THREAD_BASICS.to_vec();
+    v.extend(COMMON);
     if kind == ThreadKind::Control {
         v.extend(CONTROL);
     }
