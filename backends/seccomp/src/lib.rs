@@ -87,6 +87,39 @@ pub fn compile(
         .map_err(|e: seccompiler::BackendError| FilterError(e.to_string()))
 }
 
+/// The argument rules of a control thread (the VMM's control plane, a
+/// backend's process-wide list), inserted into `rules`: `clone` only for
+/// threads (`CLONE_THREAD`: no child processes), `socket` only `AF_UNIX`,
+/// `prctl` only naming a thread and `no_new_privs`, `seccomp` only adding
+/// a filter (`SECCOMP_SET_MODE_FILTER`: a vCPU or vring worker tightening
+/// its own). All of these only narrow what the thread can do.
+pub fn insert_control_rules(
+    rules: &mut BTreeMap<i64, Vec<SeccompRule>>,
+) -> Result<(), FilterError> {
+    const SECCOMP_SET_MODE_FILTER: u64 = 1;
+    let thread = libc::CLONE_THREAD as u64;
+    rules.insert(
+        libc::SYS_clone,
+        vec![arg_rule(0, SeccompCmpOp::MaskedEq(thread), thread)?],
+    );
+    rules.insert(
+        libc::SYS_socket,
+        vec![arg_rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?],
+    );
+    rules.insert(
+        libc::SYS_prctl,
+        vec![
+            arg_rule(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?,
+            arg_rule(0, SeccompCmpOp::Eq, libc::PR_SET_NO_NEW_PRIVS as u64)?,
+        ],
+    );
+    rules.insert(
+        libc::SYS_seccomp,
+        vec![arg_rule(0, SeccompCmpOp::Eq, SECCOMP_SET_MODE_FILTER)?],
+    );
+    Ok(())
+}
+
 /// An allowlist: the syscalls in `rules` pass, any other traps to the
 /// [`sigsys`] handler (which names it, then the process dies by `SIGSYS`).
 pub fn allowlist(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, FilterError> {

@@ -83,9 +83,6 @@ const MAIN: &[i64] = &[
 /// `set_nonblocking`), `FIOCLEX`/`FIONCLEX`, `TCGETS` (is stderr a tty).
 const IOCTL_GENERIC: &[u32] = &[0x5421, 0x5451, 0x5450, 0x5401];
 
-/// `seccomp(2)` operation that adds a filter.
-const SECCOMP_SET_MODE_FILTER: u64 = 1;
-
 /// One backend's syscalls on top of the common lists.
 #[derive(Debug, Clone, Default)]
 pub struct SyscallSet {
@@ -149,30 +146,7 @@ pub fn build(set: &SyscallSet, kind: ThreadKind) -> Result<BpfProgram, SandboxEr
     }
     rules.insert(libc::SYS_ioctl, ioctl);
     if kind == ThreadKind::Main {
-        rules.insert(
-            libc::SYS_socket,
-            vec![arg_rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?],
-        );
-        // Naming threads; no_new_privs and adding filters only tighten
-        // (a vring worker adds its own filter on its first event).
-        rules.insert(
-            libc::SYS_prctl,
-            vec![
-                arg_rule(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?,
-                arg_rule(0, SeccompCmpOp::Eq, libc::PR_SET_NO_NEW_PRIVS as u64)?,
-            ],
-        );
-        rules.insert(
-            libc::SYS_seccomp,
-            vec![arg_rule(0, SeccompCmpOp::Eq, SECCOMP_SET_MODE_FILTER)?],
-        );
-    }
-    if kind == ThreadKind::Main {
-        let thread = libc::CLONE_THREAD as u64;
-        rules.insert(
-            libc::SYS_clone,
-            vec![arg_rule(0, SeccompCmpOp::MaskedEq(thread), thread)?],
-        );
+        splitvm_seccomp::insert_control_rules(&mut rules)?;
     }
     Ok(splitvm_seccomp::allowlist(rules)?)
 }

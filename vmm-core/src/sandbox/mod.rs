@@ -151,24 +151,7 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SandboxError> {
         ],
     );
     if kind == ThreadKind::Control {
-        let thread = libc::CLONE_THREAD as u64;
-        rules.insert(
-            libc::SYS_clone,
-            vec![arg_rule(0, SeccompCmpOp::MaskedEq(thread), thread)?],
-        );
-        rules.insert(
-            libc::SYS_socket,
-            vec![arg_rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?],
-        );
-        rules.insert(
-            libc::SYS_prctl,
-            vec![
-                arg_rule(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?,
-                arg_rule(0, SeccompCmpOp::Eq, libc::PR_SET_NO_NEW_PRIVS as u64)?,
-            ],
-        );
-        // SECCOMP_SET_MODE_FILTER: a vCPU adding its own filter.
-        rules.insert(libc::SYS_seccomp, vec![arg_rule(0, SeccompCmpOp::Eq, 1)?]);
+        splitvm_seccomp::insert_control_rules(&mut rules)?;
     }
     Ok(splitvm_seccomp::allowlist(rules)?)
 }
