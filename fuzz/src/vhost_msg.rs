@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use splitvm_backends::daemon::Device;
 use splitvm_backends::proxy::Proxy;
+use vhost::vhost_user::message::FrontendReq as Req;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -109,25 +110,26 @@ impl Reader<'_> {
     }
 }
 
-const GET_FEATURES: u32 = 1;
-const SET_FEATURES: u32 = 2;
-const SET_MEM_TABLE: u32 = 5;
-const SET_VRING_NUM: u32 = 8;
-const SET_VRING_ADDR: u32 = 9;
-const SET_VRING_BASE: u32 = 10;
-const GET_VRING_BASE: u32 = 11;
-const SET_VRING_KICK: u32 = 12;
-const SET_VRING_CALL: u32 = 13;
-const SET_VRING_ERR: u32 = 14;
-const SET_PROTOCOL_FEATURES: u32 = 16;
-const SET_VRING_ENABLE: u32 = 18;
-const SET_BACKEND_REQ_FD: u32 = 21;
-const GET_CONFIG: u32 = 24;
-const SET_CONFIG: u32 = 25;
-const GET_INFLIGHT_FD: u32 = 31;
-const SET_INFLIGHT_FD: u32 = 32;
-const ADD_MEM_REG: u32 = 37;
-const REM_MEM_REG: u32 = 38;
+// Request codes from the vhost crate's FrontendReq (the spec's numbers).
+const GET_FEATURES: u32 = Req::GET_FEATURES as u32;
+const SET_FEATURES: u32 = Req::SET_FEATURES as u32;
+const SET_MEM_TABLE: u32 = Req::SET_MEM_TABLE as u32;
+const SET_VRING_NUM: u32 = Req::SET_VRING_NUM as u32;
+const SET_VRING_ADDR: u32 = Req::SET_VRING_ADDR as u32;
+const SET_VRING_BASE: u32 = Req::SET_VRING_BASE as u32;
+const GET_VRING_BASE: u32 = Req::GET_VRING_BASE as u32;
+const SET_VRING_KICK: u32 = Req::SET_VRING_KICK as u32;
+const SET_VRING_CALL: u32 = Req::SET_VRING_CALL as u32;
+const SET_VRING_ERR: u32 = Req::SET_VRING_ERR as u32;
+const SET_PROTOCOL_FEATURES: u32 = Req::SET_PROTOCOL_FEATURES as u32;
+const SET_VRING_ENABLE: u32 = Req::SET_VRING_ENABLE as u32;
+const SET_BACKEND_REQ_FD: u32 = Req::SET_BACKEND_REQ_FD as u32;
+const GET_CONFIG: u32 = Req::GET_CONFIG as u32;
+const SET_CONFIG: u32 = Req::SET_CONFIG as u32;
+const GET_INFLIGHT_FD: u32 = Req::GET_INFLIGHT_FD as u32;
+const SET_INFLIGHT_FD: u32 = Req::SET_INFLIGHT_FD as u32;
+const ADD_MEM_REG: u32 = Req::ADD_MEM_REG as u32;
+const REM_MEM_REG: u32 = Req::REM_MEM_REG as u32;
 
 fn le32(v: &mut Vec<u8>, x: u32) {
     v.extend_from_slice(&x.to_le_bytes());

@@ -17,27 +17,29 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use vhost::vhost_user::message::FrontendReq as Req;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::connect_stream;
 
-const GET_FEATURES: u32 = 1;
-const SET_FEATURES: u32 = 2;
-const SET_OWNER: u32 = 3;
-const SET_MEM_TABLE: u32 = 5;
-const SET_VRING_NUM: u32 = 8;
-const SET_VRING_ADDR: u32 = 9;
-const SET_VRING_BASE: u32 = 10;
-const GET_VRING_BASE: u32 = 11;
-const SET_VRING_KICK: u32 = 12;
-const SET_VRING_CALL: u32 = 13;
-const GET_PROTOCOL_FEATURES: u32 = 15;
-const SET_PROTOCOL_FEATURES: u32 = 16;
-const SET_VRING_ENABLE: u32 = 18;
-const SET_BACKEND_REQ_FD: u32 = 21;
-const GET_CONFIG: u32 = 24;
-const SET_INFLIGHT_FD: u32 = 32;
-const ADD_MEM_REG: u32 = 37;
+// Request codes from the vhost crate's FrontendReq (the spec's numbers).
+const GET_FEATURES: u32 = Req::GET_FEATURES as u32;
+const SET_FEATURES: u32 = Req::SET_FEATURES as u32;
+const SET_OWNER: u32 = Req::SET_OWNER as u32;
+const SET_MEM_TABLE: u32 = Req::SET_MEM_TABLE as u32;
+const SET_VRING_NUM: u32 = Req::SET_VRING_NUM as u32;
+const SET_VRING_ADDR: u32 = Req::SET_VRING_ADDR as u32;
+const SET_VRING_BASE: u32 = Req::SET_VRING_BASE as u32;
+const GET_VRING_BASE: u32 = Req::GET_VRING_BASE as u32;
+const SET_VRING_KICK: u32 = Req::SET_VRING_KICK as u32;
+const SET_VRING_CALL: u32 = Req::SET_VRING_CALL as u32;
+const GET_PROTOCOL_FEATURES: u32 = Req::GET_PROTOCOL_FEATURES as u32;
+const SET_PROTOCOL_FEATURES: u32 = Req::SET_PROTOCOL_FEATURES as u32;
+const SET_VRING_ENABLE: u32 = Req::SET_VRING_ENABLE as u32;
+const SET_BACKEND_REQ_FD: u32 = Req::SET_BACKEND_REQ_FD as u32;
+const GET_CONFIG: u32 = Req::GET_CONFIG as u32;
+const SET_INFLIGHT_FD: u32 = Req::SET_INFLIGHT_FD as u32;
+const ADD_MEM_REG: u32 = Req::ADD_MEM_REG as u32;
 /// Header flags: version 1.
 const V1: u32 = 0x1;
 /// Header flags: version 1, NEED_REPLY.
