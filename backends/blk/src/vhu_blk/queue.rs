@@ -27,7 +27,7 @@ impl VhostUserBlkBackend {
     /// [`crate::worker::Poll`]) before re-enabling notifications and
     /// sleeping.
     pub(super) fn process_queue(&self, q: usize, w: &mut Worker, vring: &VringRwLock) {
-        let Some(mem) = self.memory() else {
+        let Some(mut mem) = self.memory() else {
             return;
         };
         let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
@@ -42,6 +42,14 @@ impl VhostUserBlkBackend {
         // the queue code refuses to pop from) must not spin forever.
         let mut may_poll = true;
         avail::rounds(vring, event_idx, || {
+            // A pass can go round for as long as the driver keeps the queue
+            // busy: take the current memory table every round, or a region
+            // the frontend added meanwhile (ADD_MEM_REG, acknowledged
+            // before its first request uses it) stays unknown here and its
+            // requests are refused as outside guest memory.
+            if let Some(m) = self.memory() {
+                mem = m;
+            }
             let mut used = false;
             let mut popped = false;
             while let Some(chain) = avail::pop(vring, &mem) {
