@@ -64,6 +64,32 @@ impl ExitSignal {
         self.0 .0.lock().map(|s| s.is_some()).unwrap_or(true)
     }
 
+    /// Blocks until an event arrives, calling `tick` every `every` meanwhile.
+    pub fn wait_ticking(&self, every: std::time::Duration, mut tick: impl FnMut()) -> VmExitEvent {
+        let (m, cv) = &*self.0;
+        let mut slot = match m.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        loop {
+            if let Some(ev) = slot.clone() {
+                return ev;
+            }
+            slot = match cv.wait_timeout(slot, every) {
+                Ok((s, _)) => s,
+                Err(p) => p.into_inner().0,
+            };
+            if slot.is_none() {
+                drop(slot);
+                tick();
+                slot = match m.lock() {
+                    Ok(s) => s,
+                    Err(p) => p.into_inner(),
+                };
+            }
+        }
+    }
+
     /// Blocks until an event arrives.
     pub fn wait(&self) -> VmExitEvent {
         let (m, cv) = &*self.0;
