@@ -1,8 +1,8 @@
 //! `splitvm run` end to end on this host's KVM with micro-guests, and every
 //! kind of bad input: each a one-line error naming the input, status 2.
 
-use std::path::PathBuf;
 use std::io::Read;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! the buses, and report how the VM ended.
 
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -67,45 +67,22 @@ impl ExitSignal {
     /// Blocks until an event arrives, calling `tick` every `every` meanwhile.
     pub fn wait_ticking(&self, every: std::time::Duration, mut tick: impl FnMut()) -> VmExitEvent {
         let (m, cv) = &*self.0;
-        let mut slot = match m.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
         loop {
+            let slot = m.lock().unwrap_or_else(PoisonError::into_inner);
+            let (slot, _) = cv
+                .wait_timeout_while(slot, every, |s| s.is_none())
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(ev) = slot.clone() {
                 return ev;
             }
-            slot = match cv.wait_timeout(slot, every) {
-                Ok((s, _)) => s,
-                Err(p) => p.into_inner().0,
-            };
-            if slot.is_none() {
-                drop(slot);
-                tick();
-                slot = match m.lock() {
-                    Ok(s) => s,
-                    Err(p) => p.into_inner(),
-                };
-            }
+            drop(slot);
+            tick();
         }
     }
 
     /// Blocks until an event arrives.
     pub fn wait(&self) -> VmExitEvent {
-        let (m, cv) = &*self.0;
-        let mut slot = match m.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        loop {
-            if let Some(ev) = slot.clone() {
-                return ev;
-            }
-            slot = match cv.wait(slot) {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
-        }
+        self.wait_ticking(std::time::Duration::from_secs(3600), || {})
     }
 }
 
