@@ -1,11 +1,15 @@
 //! `splitvm run` end to end on this host's KVM with micro-guests, and every
 //! kind of bad input: each a one-line error naming the input, status 2.
 
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use splitvm_tests::microguest::{self, print_and_reset, print_cmdline_64, triple_fault};
+use splitvm_tests::microguest::{
+    self, print_and_halt, print_and_reset, print_cmdline_64, triple_fault,
+};
 use splitvm_tests::proc::ChildGuard;
 
 struct TempDir(PathBuf);
@@ -84,6 +88,44 @@ fn microguest_boots_with_two_vcpus_and_high_memory() {
     let k = guest(&dir, "k.elf", &print_and_reset(b"two\n"), None);
     let (code, out, err) = run("smp", &["--kernel", &k, "--cpus", "2", "--memory", "3584M"]);
     assert_eq!((code, out.as_str()), (0, "two\n"), "stderr: {err}");
+}
+
+/// On a pipe the console is written a line at a time (so log lines sharing
+/// the stream cannot split a guest line); a prompt without a newline must
+/// still show up while the guest waits.
+#[test]
+fn a_prompt_without_newline_reaches_a_pipe_while_the_guest_waits() {
+    let dir = TempDir::new("prompt");
+    let k = guest(&dir, "k.elf", &print_and_halt(b"boot ok\nlogin: "), None);
+    let mut child = splitvm(&["--kernel", &k, "--memory", "32M"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn splitvm");
+    let mut out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let end = Instant::now() + Duration::from_secs(30);
+    while !seen.ends_with(b"login: ") {
+        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(chunk) => seen.extend(chunk),
+            Err(_) => break,
+        }
+    }
+    let running = child.try_wait().expect("try_wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(String::from_utf8_lossy(&seen), "boot ok\nlogin: ");
+    assert!(running, "the guest halts forever: the VM must still run");
 }
 
 #[test]

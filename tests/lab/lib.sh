@@ -53,6 +53,11 @@ l1_result() {
 
 # _l2_parse NAME ARGS...: sets _scenario, _timeout; the rest after "--" is
 # left in _rest (newline-free words are passed through "$@" by the caller).
+# _l2_tag NAME: prefixes each line with "[l2:NAME] ", a whole line per write.
+_l2_tag() {
+	awk -v p="[l2:$1] " '{ sub(/\r$/, ""); print p $0; fflush() }'
+}
+
 _l2_run() {
 	_vmm=$1
 	_name=$2
@@ -84,10 +89,13 @@ _l2_run() {
 	_t0=$(lab_now)
 	echo "L2-START name=$_name vmm=$_vmm t=$_t0"
 	if [ "$_vmm" = splitvm ]; then
-		{
+		# The console (stdout) and the VMM's log (stderr) are assembled into
+		# lines apart: the console arrives a byte per write, and a log line
+		# written into the middle of "RESULT k=v" would hide that result.
+		{ { {
 			timeout "$_timeout" splitvm run --kernel "$L2_KERNEL" --initrd "$_initrd" "$@" </dev/null
 			echo $? >"$_rcfile"
-		} 2>&1 | awk -v p="[l2:$_name] " '{ sub(/\r$/, ""); print p $0; fflush() }'
+		} | _l2_tag "$_name"; } 2>&1 1>&3 3>&- | _l2_tag "$_name"; } 3>&1
 	else
 		_mem=256M
 		_cpus=1
@@ -110,14 +118,14 @@ _l2_run() {
 			*) break ;;
 			esac
 		done
-		{
+		{ { {
 			timeout "$_timeout" qemu-system-x86_64 -M microvm -enable-kvm -cpu host \
 				-m "$_mem" -smp "$_cpus" -kernel "$L2_KERNEL" -initrd "$_initrd" \
 				-append "console=ttyS0 reboot=t panic=1 $_cmdline" \
 				-nodefaults -no-user-config -display none -serial stdio -no-reboot \
 				"$@" </dev/null
 			echo $? >"$_rcfile"
-		} 2>&1 | awk -v p="[l2:$_name] " '{ sub(/\r$/, ""); print p $0; fflush() }'
+		} | _l2_tag "$_name"; } 2>&1 1>&3 3>&- | _l2_tag "$_name"; } 3>&1
 	fi
 	_rc=$(cat "$_rcfile" 2>/dev/null || echo 255)
 	_t1=$(lab_now)

@@ -37,6 +37,17 @@ pub fn print_and_reset(msg: &[u8]) -> Vec<u8> {
     c
 }
 
+/// Code valid in 32- and 64-bit mode: prints `msg` on COM1, then halts with
+/// interrupts off for good (the VM runs until it is killed).
+pub fn print_and_halt(msg: &[u8]) -> Vec<u8> {
+    let mut c = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    for b in msg {
+        c.extend([0xb0, *b, 0xee]); // mov al, b; out dx, al
+    }
+    c.extend([0xfa, 0xf4, 0xeb, 0xfd]); // cli; hlt; jmp back to hlt
+    c
+}
+
 /// Prints "X" then executes `ud2` with an empty IDT: a triple fault.
 pub fn triple_fault() -> Vec<u8> {
     vec![0x66, 0xba, 0xf8, 0x03, 0xb0, b'X', 0xee, 0x0f, 0x0b]

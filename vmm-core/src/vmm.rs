@@ -21,6 +21,7 @@ use crate::arch::x86_64::{acpi, boot, mptable};
 use crate::config::{SerialTarget, VmConfig};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::cmos::Cmos;
+use crate::devices::console_out::{line_out, ConsoleFlusher, STALE};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
@@ -119,22 +120,34 @@ pub struct Vmm {
     vcpus: Vec<Vcpu>,
     exit: ExitSignal,
     serial: Arc<Mutex<SerialDevice>>,
+    console: Option<ConsoleFlusher>,
     /// Installed by each vCPU thread before it first enters the guest.
     vcpu_filter: Option<Arc<seccompiler::BpfProgram>>,
 }
 
-fn serial_output(target: &SerialTarget) -> Result<Box<dyn Write + Send>, VmmError> {
+/// The console's writer, and its flusher when it assembles lines (stdout
+/// that is no terminal, where log lines may share the stream).
+fn serial_output(
+    target: &SerialTarget,
+) -> Result<(Box<dyn Write + Send>, Option<ConsoleFlusher>), VmmError> {
     Ok(match target {
-        SerialTarget::Stdout => Box::new(std::io::stdout()),
-        SerialTarget::File(p) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|source| VmmError::SerialFile {
-                    path: p.display().to_string(),
-                    source,
-                })?,
+        SerialTarget::Stdout if !std::io::stdout().is_terminal() => {
+            let (w, f) = line_out(Box::new(std::io::stdout()));
+            (Box::new(w), Some(f))
+        }
+        SerialTarget::Stdout => (Box::new(std::io::stdout()), None),
+        SerialTarget::File(p) => (
+            Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|source| VmmError::SerialFile {
+                        path: p.display().to_string(),
+                        source,
+                    })?,
+            ),
+            None,
         ),
     })
 }
@@ -198,10 +211,8 @@ impl Vmm {
         let exit = ExitSignal::new();
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmmError::EventFd)?;
         vm.register_irqfd(&serial_irq, SERIAL_IRQ)?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            serial_irq,
-            serial_output(&cfg.serial)?,
-        )));
+        let (serial_out, console) = serial_output(&cfg.serial)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_out)));
         let mut pio = Bus::new();
         pio.insert(u64::from(SERIAL_PORT), 8, serial.clone())?;
         let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(exit.clone())));
@@ -258,6 +269,7 @@ impl Vmm {
             vcpus,
             exit,
             serial,
+            console,
             vcpu_filter: None,
         })
     }
@@ -301,7 +313,15 @@ impl Vmm {
             self.handle.run_state.add_thread(h.as_pthread_t());
         }
         let _stdin = StdinForwarder::start(self.serial.clone());
-        Ok(self.exit.wait())
+        let ev = match &self.console {
+            Some(c) => {
+                let ev = self.exit.wait_ticking(STALE, || c.flush_stale(STALE));
+                c.flush_all();
+                ev
+            }
+            None => self.exit.wait(),
+        };
+        Ok(ev)
     }
 }
 

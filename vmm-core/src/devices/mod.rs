@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod cmos;
+pub mod console_out;
 pub mod i8042;
 pub mod serial;
 pub mod virtio;

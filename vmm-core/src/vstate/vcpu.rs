@@ -2,7 +2,7 @@
 //! the buses, and report how the VM ended.
 
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -64,22 +64,25 @@ impl ExitSignal {
         self.0 .0.lock().map(|s| s.is_some()).unwrap_or(true)
     }
 
-    /// Blocks until an event arrives.
-    pub fn wait(&self) -> VmExitEvent {
+    /// Blocks until an event arrives, calling `tick` every `every` meanwhile.
+    pub fn wait_ticking(&self, every: std::time::Duration, mut tick: impl FnMut()) -> VmExitEvent {
         let (m, cv) = &*self.0;
-        let mut slot = match m.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
         loop {
+            let slot = m.lock().unwrap_or_else(PoisonError::into_inner);
+            let (slot, _) = cv
+                .wait_timeout_while(slot, every, |s| s.is_none())
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(ev) = slot.clone() {
                 return ev;
             }
-            slot = match cv.wait(slot) {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
+            drop(slot);
+            tick();
         }
+    }
+
+    /// Blocks until an event arrives.
+    pub fn wait(&self) -> VmExitEvent {
+        self.wait_ticking(std::time::Duration::from_secs(3600), || {})
     }
 }
 
