@@ -106,27 +106,38 @@ impl Worker {
 /// runs dry the worker keeps looking at the avail ring and the engine's
 /// completion ring for `window` before it goes back to sleep in epoll.
 /// A hit saves two wake-ups (ours and, with `EVENT_IDX`, the frontend's
-/// kick syscall, since notifications stay off while polling). The window
-/// doubles when the next event came soon after the worker went to sleep
-/// (a longer poll would have caught it) and halves when it came late.
+/// kick syscall, since notifications stay off while polling). As QEMU
+/// adjusts `poll_ns`, the window is judged by the whole idle time, from
+/// the moment the queue ran dry (poll included) to the next event: within
+/// the window, the poll worked; between the window and [`Poll::MAX`], a
+/// longer poll would have caught it, so the window doubles; beyond `MAX`
+/// polling cannot pay off and only burns a core others need, so it halves.
 #[derive(Debug)]
 pub(crate) struct Poll {
     pub(crate) window: Duration,
-    slept: Option<Instant>,
+    /// When the queue last ran dry (the start of the last poll).
+    idle: Option<Instant>,
 }
 
 impl Poll {
-    /// Largest window.
-    pub(crate) const MAX: Duration = Duration::from_micros(64);
+    /// Largest window. With 64 µs the worker often slept just before the
+    /// driver refilled the ring (blkgen sleeping on the call eventfd needs
+    /// a wake-up, then reaps a whole batch before it submits again), and
+    /// every refill then cost the driver a kick and us a wake-up.
+    pub(crate) const MAX: Duration = Duration::from_micros(256);
     /// Window after growing from zero.
     const START: Duration = Duration::from_micros(4);
 
-    /// The worker was woken by an event (kick or completion).
+    /// The worker was woken by an event (kick or completion) after
+    /// sleeping: adjusts the window to the idle time that ended.
     pub(crate) fn woke(&mut self) {
-        let Some(t) = self.slept.take() else {
+        let Some(t) = self.idle.take() else {
             return;
         };
-        if t.elapsed() <= Self::MAX {
+        let idle = t.elapsed();
+        if idle <= self.window {
+            // The poll should have caught it (it came as the poll ended).
+        } else if idle <= Self::MAX {
             self.window = (self.window * 2).clamp(Self::START, Self::MAX);
         } else {
             self.window /= 2;
@@ -136,9 +147,14 @@ impl Poll {
         }
     }
 
-    /// The worker goes back to epoll.
-    pub(crate) fn sleeping(&mut self) {
-        self.slept = Some(Instant::now());
+    /// The queue ran dry: polling (if any) starts now.
+    pub(crate) fn dry(&mut self) {
+        self.idle = Some(Instant::now());
+    }
+
+    /// The poll found work: the queue was not idle after all.
+    pub(crate) fn busy(&mut self) {
+        self.idle = None;
     }
 }
 
@@ -146,7 +162,7 @@ impl Default for Poll {
     fn default() -> Self {
         Poll {
             window: Self::MAX,
-            slept: None,
+            idle: None,
         }
     }
 }

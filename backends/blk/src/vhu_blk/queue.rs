@@ -72,12 +72,12 @@ impl VhostUserBlkBackend {
             }
             Round::Done { progressed: popped }
         });
-        w.poll.sleeping();
     }
 
     /// Spins for up to the worker's poll window until the avail ring has a
     /// new entry or the engine a completion. Returns whether one came.
     fn poll_for_work(w: &mut Worker, vring: &VringRwLock, mem: &Mem) -> bool {
+        w.poll.dry();
         let window = w.poll.window;
         if window.is_zero() {
             return false;
@@ -85,6 +85,7 @@ impl VhostUserBlkBackend {
         let end = Instant::now() + window;
         loop {
             if w.engine.ready() || Self::avail_pending(vring, mem) {
+                w.poll.busy();
                 return true;
             }
             if Instant::now() >= end {
