@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::metrics::backend_counters;
+use super::metrics::backend_counters_all;
 use super::{
     ApiError, BackendState, DeviceInfo, DeviceMetrics, Metrics, VcpuMetrics, VmInfo, VmState,
     VmmControl,
@@ -186,32 +186,36 @@ impl VmmControl for VmmHandle {
     }
 
     fn metrics(&self) -> Metrics {
-        let devices = self
-            .devices
-            .iter()
-            .filter_map(|d| {
-                let (mut m, socket) = with_device(&d.transport, |v| {
-                    let (requests, in_flight) = v.ring_counters();
-                    let m = DeviceMetrics {
-                        name: d.name.clone(),
-                        requests,
-                        in_flight,
-                        reconnects: v.reconnects(),
-                        errors: v.errors(),
-                        ..DeviceMetrics::default()
-                    };
-                    (m, v.socket().to_path_buf())
-                })?;
-                // Outside the device lock: the backend may be slow to answer.
-                if let Some(b) = backend_counters(&socket) {
-                    m.backend_requests = Some(b.requests);
-                    m.bytes_read = Some(b.bytes_read);
-                    m.bytes_written = Some(b.bytes_written);
-                    m.io_errors = Some(b.io_errors);
-                }
-                Some(m)
-            })
-            .collect();
+        let mut devices = Vec::new();
+        let mut sockets = Vec::new();
+        for d in &self.devices {
+            let Some((m, socket)) = with_device(&d.transport, |v| {
+                let (requests, in_flight) = v.ring_counters();
+                let m = DeviceMetrics {
+                    name: d.name.clone(),
+                    requests,
+                    in_flight,
+                    reconnects: v.reconnects(),
+                    errors: v.errors(),
+                    ..DeviceMetrics::default()
+                };
+                (m, v.socket().to_path_buf())
+            }) else {
+                continue;
+            };
+            devices.push(m);
+            sockets.push(socket);
+        }
+        // Outside the device locks: a backend may be slow to answer.
+        let paths: Vec<&Path> = sockets.iter().map(PathBuf::as_path).collect();
+        for (m, b) in devices.iter_mut().zip(backend_counters_all(&paths)) {
+            if let Some(b) = b {
+                m.backend_requests = Some(b.requests);
+                m.bytes_read = Some(b.bytes_read);
+                m.bytes_written = Some(b.bytes_written);
+                m.io_errors = Some(b.io_errors);
+            }
+        }
         let vcpus = self
             .counters
             .lock()

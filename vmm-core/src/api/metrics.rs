@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -42,10 +42,35 @@ pub fn backend_metrics_path(socket: &Path) -> PathBuf {
 /// `None` when it has none (not a splitvm backend, or gone) or answers
 /// nothing usable within [`BACKEND_TIMEOUT`].
 pub fn backend_counters(socket: &Path) -> Option<BackendCounters> {
-    let path = backend_metrics_path(socket);
-    let s = UnixStream::connect(&path).ok()?;
-    s.set_read_timeout(Some(BACKEND_TIMEOUT)).ok()?;
-    s.set_write_timeout(Some(BACKEND_TIMEOUT)).ok()?;
+    backend_counters_all(&[socket]).pop().flatten()
+}
+
+/// [`backend_counters`] for every socket, asked all at once: the backends
+/// answer in parallel, so hung ones cost [`BACKEND_TIMEOUT`] in all, not
+/// each.
+pub fn backend_counters_all(sockets: &[&Path]) -> Vec<Option<BackendCounters>> {
+    let asked: Vec<_> = sockets
+        .iter()
+        .map(|s| {
+            let path = backend_metrics_path(s);
+            // A backend writes its line as it accepts: connecting asks.
+            let conn = UnixStream::connect(&path).ok();
+            (path, conn)
+        })
+        .collect();
+    let deadline = Instant::now() + BACKEND_TIMEOUT;
+    asked
+        .into_iter()
+        .map(|(path, conn)| read_counters(&path, conn?, deadline))
+        .collect()
+}
+
+fn read_counters(path: &Path, s: UnixStream, deadline: Instant) -> Option<BackendCounters> {
+    // A zero timeout means "block forever" to the socket: at least 1 ms.
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    s.set_read_timeout(Some(left)).ok()?;
     let mut line = String::new();
     if let Err(e) = s.take(BACKEND_MAX_LINE).read_to_string(&mut line) {
         log::debug!("{}: {e}", path.display());
@@ -263,5 +288,38 @@ mod tests {
         );
         assert_eq!(backend_counters(&sock), None, "a bad answer is no answer");
         t.join().unwrap();
+    }
+
+    /// Backends that accept and never answer cost one timeout together:
+    /// asked one after another, these five would take a second.
+    #[test]
+    fn hung_backends_are_waited_for_together() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let socks: Vec<_> = (0..6)
+            .map(|i| dir.path().join(format!("d{i}.sock")))
+            .collect();
+        // The kernel queues connections on a listener nobody accepts from.
+        let _hung: Vec<_> = socks[..5]
+            .iter()
+            .map(|s| std::os::unix::net::UnixListener::bind(backend_metrics_path(s)).unwrap())
+            .collect();
+        let good = std::os::unix::net::UnixListener::bind(backend_metrics_path(&socks[5])).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = good.accept().unwrap();
+            s.write_all(b"{\"requests\":1,\"bytes_read\":2,\"bytes_written\":3,\"io_errors\":0}\n")
+                .unwrap();
+        });
+        let paths: Vec<&Path> = socks.iter().map(PathBuf::as_path).collect();
+        let t0 = Instant::now();
+        let got = backend_counters_all(&paths);
+        let took = t0.elapsed();
+        t.join().unwrap();
+        assert_eq!(got[..5], [None; 5]);
+        assert_eq!(got[5].map(|c| c.bytes_written), Some(3));
+        assert!(
+            took < BACKEND_TIMEOUT * 4,
+            "{took:?}: the hung backends were waited for one by one"
+        );
     }
 }
