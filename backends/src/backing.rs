@@ -8,10 +8,33 @@
 //! crash it led to.
 
 use std::io;
+use std::sync::{PoisonError, RwLock};
 
 use vm_memory::{
     GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
+
+use crate::avail::Mem;
+
+/// A backend's guest memory: installed (checked) by `update_memory` on the
+/// frontend thread, read by the vring workers.
+#[derive(Default)]
+pub struct GuestMem(RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>);
+
+impl GuestMem {
+    /// [`check`]s `mem` and makes it the current table.
+    pub fn set(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        check(&mem)?;
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(mem);
+        Ok(())
+    }
+
+    /// The current table; `None` before the frontend sent one.
+    pub fn get(&self) -> Option<Mem> {
+        let m = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        m.as_ref().map(GuestAddressSpace::memory)
+    }
+}
 
 /// Checks the regions in `mem` (what `VhostUserBackend::update_memory`
 /// receives). On a region past the end of its fd, `mem` is emptied

@@ -8,14 +8,12 @@ use std::sync::atomic::Ordering;
 use log::{info, warn};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::QueueT;
-use vm_memory::GuestMemoryLoadGuard;
-use vm_memory::GuestMemoryMmap;
 
 use crate::chain::{self, MAX_CHAIN};
 use crate::vhu_blk::VhostUserBlkBackend;
 use crate::worker::Worker;
 
-type Mem = GuestMemoryLoadGuard<GuestMemoryMmap>;
+use splitvm_backends::avail::Mem;
 
 impl VhostUserBlkBackend {
     /// Reconciles queue `q` with its inflight region and resubmits what it

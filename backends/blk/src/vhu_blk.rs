@@ -13,9 +13,10 @@
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use log::{info, warn};
+use splitvm_backends::backing::GuestMem;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
@@ -25,7 +26,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -36,7 +37,7 @@ use crate::worker::{RateLimit, Worker};
 
 mod queue;
 
-type Mem = GuestMemoryLoadGuard<GuestMemoryMmap>;
+use splitvm_backends::avail::Mem;
 
 /// The image and everything fixed at startup, shared by all connections.
 #[derive(Debug)]
@@ -107,7 +108,7 @@ pub fn feature_names(f: u64) -> String {
 pub(crate) struct Inner {
     disk: Arc<Disk>,
     event_idx: AtomicBool,
-    mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
+    mem: GuestMem,
     pub(crate) workers: Vec<Mutex<Worker>>,
     warn: RateLimit,
     /// The workers' exit events (closed with this connection's backend).
@@ -137,7 +138,7 @@ impl VhostUserBlkBackend {
             inner: Arc::new(Inner {
                 disk,
                 event_idx: AtomicBool::new(false),
-                mem: RwLock::new(None),
+                mem: GuestMem::default(),
                 workers,
                 warn: RateLimit::default(),
                 exit: Default::default(),
@@ -150,12 +151,7 @@ impl VhostUserBlkBackend {
     }
 
     pub(crate) fn memory(&self) -> Option<Mem> {
-        let m = self
-            .inner
-            .mem
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        m.as_ref().map(|a| a.memory())
+        self.inner.mem.get()
     }
 
     fn guest_warn(&self, q: usize, what: &dyn std::fmt::Display) {
@@ -235,13 +231,7 @@ impl VhostUserBackend for VhostUserBlkBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        splitvm_backends::backing::check(&mem)?;
-        *self
-            .inner
-            .mem
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(mem);
-        Ok(())
+        self.inner.mem.set(mem)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

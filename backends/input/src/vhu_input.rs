@@ -10,27 +10,26 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use splitvm_backends::avail::{self, Round};
+use splitvm_backends::backing::GuestMem;
 use splitvm_backends::metrics;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{
-    Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
-};
+use vm_memory::{Bytes, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::hub::EventHub;
 use crate::input::{ConfigSpace, InputEvent, EVENT_SIZE};
 
-type Mem = GuestMemoryLoadGuard<GuestMemoryMmap>;
+use splitvm_backends::avail::Mem;
 
 /// The event queue.
 pub const EVENTQ: u16 = 0;
@@ -68,7 +67,7 @@ struct Inner {
     hub: Arc<EventHub>,
     config: Mutex<ConfigSpace>,
     event_idx: AtomicBool,
-    mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
+    mem: GuestMem,
     warn: RateLimit,
     reported_drops: AtomicU64,
     /// The workers' exit events (closed with this connection's backend).
@@ -107,7 +106,7 @@ impl VhostUserInputBackend {
                 hub,
                 config: Mutex::new(ConfigSpace::default()),
                 event_idx: AtomicBool::new(false),
-                mem: RwLock::new(None),
+                mem: GuestMem::default(),
                 warn: RateLimit {
                     second: AtomicU64::new(0),
                     count: AtomicU64::new(0),
@@ -119,12 +118,7 @@ impl VhostUserInputBackend {
     }
 
     fn memory(&self) -> Option<Mem> {
-        let m = self
-            .inner
-            .mem
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        m.as_ref().map(|a| a.memory())
+        self.inner.mem.get()
     }
 
     fn guest_warn(&self, q: u16, what: &dyn std::fmt::Display) {
@@ -332,13 +326,7 @@ impl VhostUserBackend for VhostUserInputBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        splitvm_backends::backing::check(&mem)?;
-        *self
-            .inner
-            .mem
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(mem);
-        Ok(())
+        self.inner.mem.set(mem)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

@@ -13,21 +13,19 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard,
-    GuestMemoryMmap,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use splitvm_backends::avail::{self, Round};
+use splitvm_backends::backing::GuestMem;
 use splitvm_backends::metrics;
 use splitvm_backends::proxy::Intercept;
 
@@ -37,7 +35,7 @@ use crate::net::{self, ctrl, Counters, CtrlCmd, NetError, VnetHdr, HDR_LEN, MAX_
 use crate::rx::{capacity, segments};
 use crate::tap::Tap;
 
-pub(crate) type Mem = GuestMemoryLoadGuard<GuestMemoryMmap>;
+pub(crate) use splitvm_backends::avail::Mem;
 
 /// How long frames wait in the tap for RX buffers before being dropped.
 pub const STARVE_LIMIT: Duration = Duration::from_millis(200);
@@ -67,7 +65,7 @@ pub(crate) struct Inner {
     pub(crate) active_pairs: AtomicU16,
     /// Link state the frontend last read: 0 never, 1 down, 2 up.
     pub(crate) link_seen: AtomicU8,
-    pub(crate) mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
+    pub(crate) mem: GuestMem,
     pub(crate) pairs: Vec<Mutex<Pair>>,
     pub(crate) warn: RateLimit,
     /// The workers' exit events (closed with this connection's backend).
@@ -114,7 +112,7 @@ impl VhostUserNetBackend {
                 event_idx: AtomicBool::new(false),
                 active_pairs: AtomicU16::new(active),
                 link_seen: AtomicU8::new(0),
-                mem: RwLock::new(None),
+                mem: GuestMem::default(),
                 pairs,
                 warn: RateLimit::default(),
                 exit: Default::default(),
@@ -144,12 +142,7 @@ impl VhostUserNetBackend {
     }
 
     pub(crate) fn memory(&self) -> Option<Mem> {
-        let m = self
-            .inner
-            .mem
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        m.as_ref().map(|a| a.memory())
+        self.inner.mem.get()
     }
 
     pub(crate) fn guest_warn(&self, what: &str, e: &dyn std::fmt::Display) {
@@ -407,13 +400,7 @@ impl VhostUserBackend for VhostUserNetBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        splitvm_backends::backing::check(&mem)?;
-        *self
-            .inner
-            .mem
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(mem);
-        Ok(())
+        self.inner.mem.set(mem)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
