@@ -102,7 +102,7 @@ wait $upjob
 rc=$(cat "$D/up.rc" 2>/dev/null || echo 255)
 t1=$(lab_now)
 # The guest's console (and up's own lines) as "[l2:up] ...".
-awk -v p="[l2:up] " '{ sub(/\r$/, ""); print p $0 }' "$D/up.out"
+_l2_tag up <"$D/up.out"
 echo "L2-EXIT name=up rc=$rc ms=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) * 1000 }')"
 l1_result up_rc "$rc"
 left=0
