@@ -5,6 +5,7 @@ mod backend_metrics;
 mod blk;
 mod blk_hostile;
 mod blk_inflight;
+mod blk_libblkio;
 mod blk_qemu;
 mod blk_qemu_reconnect;
 mod boot_cli;

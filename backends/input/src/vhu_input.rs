@@ -142,24 +142,17 @@ impl VhostUserInputBackend {
     }
 
     /// Runs `body` over the available chains of `vring` with the EVENT_IDX
-    /// dance; notifies the guest if a used entry was added. `body` returns
-    /// (used entry added, stopped for want of chains): only then does a
-    /// chain that arrived meanwhile call for another round.
-    fn with_queue(&self, vring: &VringRwLock, mut body: impl FnMut(&Mem) -> (bool, bool)) {
+    /// dance; notifies the guest if a used entry was added (`body` returns
+    /// whether it added one).
+    fn with_queue(&self, vring: &VringRwLock, mut body: impl FnMut(&Mem) -> bool) {
         let Some(mem) = self.memory() else {
             return;
         };
         let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
         let mut used = false;
         avail::rounds(vring, event_idx, || {
-            let (u, starved) = body(&mem);
-            used |= u;
-            // Another round only for a body that stopped for want of
-            // chains after using some (every chain it takes gets a used
-            // entry).
-            Round::Done {
-                progressed: u && starved,
-            }
+            used |= body(&mem);
+            Round::Done
         });
         if used && vring.needs_notification().unwrap_or(true) {
             if let Err(e) = vring.signal_used_queue() {
@@ -175,10 +168,10 @@ impl VhostUserInputBackend {
             loop {
                 let mut q = self.inner.hub.queue();
                 let Some(ev) = q.peek() else {
-                    return (used, false);
+                    return used;
                 };
                 let Some(chain) = avail::pop(vring, mem) else {
-                    return (used, true);
+                    return used;
                 };
                 let head = chain.head_index();
                 match write_event(mem, chain, ev) {
@@ -217,7 +210,7 @@ impl VhostUserInputBackend {
                 }
                 used |= add_used(vring, head, 0);
             }
-            (used, true)
+            used
         });
     }
 }

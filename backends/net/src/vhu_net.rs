@@ -182,9 +182,7 @@ impl VhostUserNetBackend {
         let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
         let mut used = false;
         avail::rounds(vring, event_idx, || {
-            let mut popped = false;
             while let Some(chain) = avail::pop(vring, &mem) {
-                popped = true;
                 let head = chain.head_index();
                 if let Err(e) = self.tx_one(tap, &mem, &mut pair.out, chain) {
                     Counters::bump(&dev.counters.tx_bad);
@@ -194,7 +192,7 @@ impl VhostUserNetBackend {
                 Self::add_used(vring, head, 0);
                 used = true;
             }
-            Round::Done { progressed: popped }
+            Round::Done
         });
         if used {
             Self::notify(vring);

@@ -57,6 +57,10 @@ struct Args {
     /// used ring instead of sleeping on the call eventfd (one core busy).
     #[arg(long)]
     poll: bool,
+    /// Give up (exit 1) when no request completes for this many seconds:
+    /// a backend that lost a request fails the run instead of hanging it.
+    #[arg(long, default_value_t = 10.0)]
+    stall_secs: f64,
 }
 
 /// xorshift64*: reproducible offsets without a dependency.
@@ -140,8 +144,17 @@ fn main() -> Result<()> {
     let mut lat_us: Vec<u32> = Vec::with_capacity(1 << 20);
     let mut measured_start = None;
     let mut done = 0u64;
+    let stall = Duration::from_secs_f64(a.stall_secs.max(0.001));
     loop {
-        let n = q.do_io(&mut comps, 1, None, None).context("do_io")?;
+        let mut timeout = stall;
+        let n = q
+            .do_io(&mut comps, 1, Some(&mut timeout), None)
+            .with_context(|| {
+                format!(
+                    "no completion within {:.1} s ({} requests in flight): the backend stalled",
+                    a.stall_secs, a.qd
+                )
+            })?;
         let now = Instant::now();
         let stop = now >= end;
         for c in &comps[..n] {

@@ -70,7 +70,7 @@ impl VhostUserBlkBackend {
             if w.engine.quiesce() {
                 return Round::Again;
             }
-            Round::Done { progressed: popped }
+            Round::Done
         });
     }
 
