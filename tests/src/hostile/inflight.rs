@@ -20,6 +20,12 @@ use super::{
     PROTOCOL_FEATURES,
 };
 
+fn set_cloexec(f: &File) {
+    // SAFETY: F_SETFD on an fd `f` owns; no memory is passed.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    assert_eq!(rc, 0, "FD_CLOEXEC: {}", std::io::Error::last_os_error());
+}
+
 /// libvhost-user's per-queue size: `align_up(16 * queue_size + 2, 64)`.
 pub fn queue_region_size(queue_size: u16) -> u64 {
     (16 * u64::from(queue_size) + 2).div_ceil(64) * 64
@@ -35,34 +41,41 @@ pub struct Region {
 }
 
 impl Region {
-    /// The region a backend process `pid` has mapped (its open
-    /// `memfd:splitvm-blk-inflight`), for watching a frontend we do not
-    /// drive (QEMU). `None` while the backend has no region.
+    /// The region a backend process `pid` has mapped, for watching a
+    /// frontend we do not drive (QEMU). Found through the mapping, not
+    /// among the open fds: a backend spawned while another test of this
+    /// process held a region also holds that one, inherited (the vhost
+    /// crate receives fds without `CLOEXEC`), and watching it saw nothing.
+    /// `None` while the backend has no region (or more than one).
     pub fn of_process(pid: u32, num_queues: u16, queue_size: u16) -> Option<Region> {
-        let dir = format!("/proc/{pid}/fd");
-        let path = std::fs::read_dir(&dir).ok()?.find_map(|e| {
-            let p = e.ok()?.path();
-            let target = std::fs::read_link(&p).ok()?;
-            target
-                .to_string_lossy()
-                .contains("splitvm-blk-inflight")
-                .then_some(p)
-        })?;
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let mut mapped = maps
+            .lines()
+            .filter(|l| l.ends_with("/memfd:splitvm-blk-inflight (deleted)"));
+        let mut fields = mapped.next()?.split_whitespace();
+        let range = fields.next()?.to_string();
+        let offset = u64::from_str_radix(fields.nth(1)?, 16).ok()?;
+        if mapped.next().is_some() {
+            return None;
+        }
+        let path = format!("/proc/{pid}/map_files/{range}");
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .ok()?;
         let size = queue_region_size(queue_size) * u64::from(num_queues);
-        if file.metadata().ok()?.len() < size {
+        if file.metadata().ok()?.len() < offset + size {
             return None;
         }
-        let map =
-            MmapRegion::<()>::from_file(FileOffset::new(file.try_clone().ok()?, 0), size as usize)
-                .ok()?;
+        let map = MmapRegion::<()>::from_file(
+            FileOffset::new(file.try_clone().ok()?, offset),
+            size as usize,
+        )
+        .ok()?;
         let info = VhostUserInflight {
             mmap_size: size,
-            mmap_offset: 0,
+            mmap_offset: offset,
             num_queues,
             queue_size,
         };
@@ -186,6 +199,9 @@ pub fn connect(socket: &Path, setup: Setup) -> (HostileFrontend, Region) {
         queue_size: setup.queue_size,
     };
     let (info, file) = fe.get_inflight_fd(&ask).expect("GET_INFLIGHT_FD");
+    // Received without CLOEXEC: keep it out of the processes other tests
+    // of this binary spawn meanwhile.
+    set_cloexec(&file);
     assert_eq!(
         info.mmap_size,
         queue_region_size(setup.queue_size) * setup.queues as u64,
