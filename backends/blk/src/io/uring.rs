@@ -66,7 +66,18 @@ impl Uring {
     /// A ring of `depth` entries on `file`, completions signalled on an eventfd.
     pub fn new(file: Arc<File>, depth: u32) -> Result<Self, IoError> {
         let depth = depth.clamp(8, 4096);
-        let ring = IoUring::new(depth).map_err(IoError::UringUnavailable)?;
+        // Cooperative task running, as fio sets up its rings: a completion
+        // no longer interrupts the worker with an IPI while it runs (or
+        // spins in its poll window on another CPU); it is posted the next
+        // time the worker enters the kernel, and the TASKRUN flag tells
+        // the spinning worker to enter (`ready`, `collect`). A sleeping
+        // worker is still woken. Kernels before 5.19 refuse the flags.
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(depth)
+            .or_else(|_| IoUring::new(depth))
+            .map_err(IoError::UringUnavailable)?;
         let event = EventFd::new(EFD_NONBLOCK).map_err(IoError::EventFd)?;
         ring.submitter()
             .register_eventfd(event.as_raw_fd())
@@ -175,6 +186,15 @@ impl Uring {
     /// here (a syscall per reap): [`Engine::quiesce`] resets it once
     /// before the worker sleeps.
     fn collect(&mut self) {
+        if self.ring.submission().taskrun() {
+            // Completions wait as task work: any entry into the kernel
+            // posts them (and submits what is queued, harmlessly early).
+            if let Err(e) = self.ring.submit() {
+                if e.kind() != io::ErrorKind::Interrupted && e.raw_os_error() != Some(libc::EBUSY) {
+                    log::error!("io_uring enter: {e}");
+                }
+            }
+        }
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
@@ -362,7 +382,9 @@ impl Engine for Uring {
     }
 
     fn ready(&mut self) -> bool {
-        !self.done.is_empty() || !self.ring.completion().is_empty()
+        !self.done.is_empty()
+            || !self.ring.completion().is_empty()
+            || self.ring.submission().taskrun()
     }
 
     fn quiesce(&mut self) -> bool {
@@ -372,7 +394,7 @@ impl Engine for Uring {
             let _ = self.event.read();
             self.signaled = false;
         }
-        !self.ring.completion().is_empty()
+        !self.ring.completion().is_empty() || self.ring.submission().taskrun()
     }
 }
 
