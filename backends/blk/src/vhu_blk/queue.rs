@@ -1,8 +1,8 @@
 //! The data path of [`VhostUserBlkBackend`]: one pass of a queue worker
-//! takes every available chain, parses and submits it, commits the
-//! engine's submissions once, publishes finished requests' used entries
-//! in one batch and notifies once; then it busy-polls (adaptive window)
-//! before re-arming notifications and sleeping.
+//! takes every available chain, parses and submits it, and every few
+//! chains (and at its end) publishes finished requests' used entries as
+//! one batch and notifies once for them; then it busy-polls (adaptive
+//! window) before re-arming notifications and sleeping.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -21,9 +21,21 @@ use crate::inflight::QueueTracker;
 use crate::io::{self as hio, Completion, GuestIovecs, IoKind, IoOp};
 use crate::worker::{InFlight, Worker};
 
+/// Chains taken between publishing used entries within one pass. With a
+/// driver that sleeps until notified and a pass that finished all it took
+/// before publishing any (page-cache hits complete inline), the driver
+/// woke only then, and its wake-up, reap and refill ran while this worker
+/// sat idle: the two took turns. Publishing (and notifying, if the driver
+/// asks) every few chains overlaps them: blkgen, buffered 4 KiB randread,
+/// QD 32 370k -> 570k IOPS, QD 8 170k -> 313k (the generator's own
+/// ceiling); every chain (1) costs more than it gains (513k; 561k vs 610k
+/// with a polling driver), 8 missed QD 8 (170k).
+const PUBLISH_EVERY: usize = 4;
+
 impl VhostUserBlkBackend {
     /// Pops and starts every available chain, completes what finished,
-    /// notifies once per pass, then busy-polls for more (adaptive window,
+    /// notifies once per batch of [`PUBLISH_EVERY`] chains and at the end
+    /// of the pass, then busy-polls for more (adaptive window,
     /// [`crate::worker::Poll`]) before re-enabling notifications and
     /// sleeping.
     pub(super) fn process_queue(&self, q: usize, w: &mut Worker, vring: &VringRwLock) {
@@ -52,13 +64,23 @@ impl VhostUserBlkBackend {
             }
             let mut used = false;
             let mut popped = false;
+            let mut reaped = false;
+            let mut taken = 0usize;
             while let Some(chain) = avail::pop(vring, &mem) {
                 popped = true;
                 used |= self.start_chain(q, w, vring, &mem, chain);
+                taken += 1;
+                if taken % PUBLISH_EVERY == 0 {
+                    let (r, added) = self.publish(q, w, vring, &mem);
+                    reaped |= r;
+                    if used || added {
+                        Self::notify(vring);
+                        used = false;
+                    }
+                }
             }
-            // One io_uring_enter for everything popped in this pass.
-            w.engine.commit();
-            let (reaped, added) = self.reap(q, w, vring, &mem);
+            let (r, added) = self.publish(q, w, vring, &mem);
+            reaped |= r;
             let progress = popped || reaped;
             if used || added {
                 Self::notify(vring);
@@ -72,6 +94,14 @@ impl VhostUserBlkBackend {
             }
             Round::Done
         });
+    }
+
+    /// Hands the engine what was submitted since the last call, then
+    /// completes what it finished. Returns whether anything was reaped and
+    /// whether any used entry was added.
+    fn publish(&self, q: usize, w: &mut Worker, vring: &VringRwLock, mem: &Mem) -> (bool, bool) {
+        w.engine.commit();
+        self.reap(q, w, vring, mem)
     }
 
     /// Spins for up to the worker's poll window until the avail ring has a
