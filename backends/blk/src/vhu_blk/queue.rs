@@ -62,29 +62,21 @@ impl VhostUserBlkBackend {
             if let Some(m) = self.memory() {
                 mem = m;
             }
+            // `used`: a chain was answered at once (a used entry not yet
+            // notified).
             let mut used = false;
-            let mut popped = false;
             let mut reaped = false;
             let mut taken = 0usize;
             while let Some(chain) = avail::pop(vring, &mem) {
-                popped = true;
                 used |= self.start_chain(q, w, vring, &mem, chain);
                 taken += 1;
                 if taken % PUBLISH_EVERY == 0 {
-                    let (r, added) = self.publish(q, w, vring, &mem);
-                    reaped |= r;
-                    if used || added {
-                        Self::notify(vring);
-                        used = false;
-                    }
+                    reaped |= self.publish(q, w, vring, &mem, used);
+                    used = false;
                 }
             }
-            let (r, added) = self.publish(q, w, vring, &mem);
-            reaped |= r;
-            let progress = popped || reaped;
-            if used || added {
-                Self::notify(vring);
-            }
+            reaped |= self.publish(q, w, vring, &mem, used);
+            let progress = taken > 0 || reaped;
             may_poll &= progress;
             if may_poll && Self::poll_for_work(w, vring, &mem) {
                 return Round::Again;
@@ -96,12 +88,23 @@ impl VhostUserBlkBackend {
         });
     }
 
-    /// Hands the engine what was submitted since the last call, then
-    /// completes what it finished. Returns whether anything was reaped and
-    /// whether any used entry was added.
-    fn publish(&self, q: usize, w: &mut Worker, vring: &VringRwLock, mem: &Mem) -> (bool, bool) {
+    /// Hands the engine what was submitted since the last call, completes
+    /// what it finished and notifies once if a used entry was added here
+    /// or (`used`) by the caller. Returns whether anything was reaped.
+    fn publish(
+        &self,
+        q: usize,
+        w: &mut Worker,
+        vring: &VringRwLock,
+        mem: &Mem,
+        used: bool,
+    ) -> bool {
         w.engine.commit();
-        self.reap(q, w, vring, mem)
+        let (reaped, added) = self.reap(q, w, vring, mem);
+        if used || added {
+            Self::notify(vring);
+        }
+        reaped
     }
 
     /// Spins for up to the worker's poll window until the avail ring has a
