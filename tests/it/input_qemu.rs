@@ -43,6 +43,18 @@ fn taps(codes: &[u16]) -> Vec<Ev> {
         .collect()
 }
 
+/// Every console line that mentions `tag` (parsed or not), for failure
+/// messages: a line another writer split shows up here but not in
+/// [`events`].
+fn raw(run: &L2Run, tag: &str) -> Vec<String> {
+    let tag = tag.trim_end();
+    run.lines
+        .iter()
+        .filter(|l| l.contains(tag))
+        .cloned()
+        .collect()
+}
+
 fn check_profile_run(name: &str, run: &L2Run, all: &str) {
     assert_eq!(run.exit, Some(0), "{name}: VMM exit\n{all}");
     assert_eq!(run.done_rc, Some(0), "{name}: scenario\n{all}");
@@ -69,12 +81,14 @@ fn check_profile_run(name: &str, run: &L2Run, all: &str) {
     assert_eq!(
         events(run, "MOUSE "),
         vec![(2, 0, 5), (2, 1, -3), (0, 0, 0)],
-        "{name}: one mouse move"
+        "{name}: one mouse move; console: {:?}",
+        raw(run, "MOUSE ")
     );
     assert_eq!(
         events(run, "TABLET "),
         vec![(3, 0, 1000), (3, 1, 2000), (0, 0, 0)],
-        "{name}: one tablet position"
+        "{name}: one tablet position; console: {:?}",
+        raw(run, "TABLET ")
     );
     assert_eq!(events(run, "KEYS1 "), taps(&[30, 48, 46]), "{name}: keys");
     let t = events(run, "TOUCH ");

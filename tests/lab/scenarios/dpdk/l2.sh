@@ -2,6 +2,8 @@
 # eth0 is splitvm's virtio-net device served by dpdk-testpmd's vhost PMD;
 # 10.89.0.1 is testpmd's tap in level 1 (l1.sh): port 5101 takes what we
 # send, 5102 sends a file. Prints "RESULT key=value" lines.
+# Keep kernel messages off the console: they would split RESULT lines.
+dmesg -n 1
 HOST=10.89.0.1
 ME=10.89.0.2
 now() { cut -d' ' -f1 /proc/uptime; }

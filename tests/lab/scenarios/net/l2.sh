@@ -3,6 +3,8 @@
 # splitvm-net: port 5001 takes what we send, 5002 sends a file, 5003 takes
 # the link down on request and brings it up once we report the carrier
 # change on the console (level 1 watches it). Prints "RESULT key=value" lines.
+# Keep kernel messages off the console: they would split RESULT lines.
+dmesg -n 1
 HOST=10.88.0.1
 ME=10.88.0.2
 now() { cut -d' ' -f1 /proc/uptime; }
