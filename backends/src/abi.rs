@@ -1,4 +1,4 @@
-//! The only `unsafe` of the shared backend crate: receiving file
+//! Socket calls the libraries do not wrap safely: receiving file
 //! descriptors with a message, and asking the kernel who is on the other
 //! end of a unix socket.
 

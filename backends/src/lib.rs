@@ -10,6 +10,7 @@ pub mod backing;
 pub mod cli;
 pub mod daemon;
 pub mod exit;
+pub mod inherited;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

@@ -1,6 +1,7 @@
 mod activation;
 mod api;
 mod backend_cli;
+mod backend_fds;
 mod backend_metrics;
 mod blk;
 mod blk_hostile;

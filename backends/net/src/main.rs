@@ -6,8 +6,12 @@ use splitvm_net::cli::Args;
 use splitvm_net::{start_backend, Config};
 
 fn main() {
+    // SAFETY: nothing in this process has opened or adopted a descriptor
+    // yet.
+    let inherited = unsafe { splitvm_backends::inherited::close_at_start() };
     let args = Args::parse();
     splitvm_backends::logging::init("splitvm-net", args.common.log_level);
+    splitvm_backends::inherited::report(&inherited);
     let result = Config::try_from(args)
         .map_err(|e| e.to_string())
         .and_then(|c| start_backend(c).map_err(|e| e.to_string()));
