@@ -60,6 +60,10 @@ fn pin(cpu: usize) -> Result<()> {
 /// Mean time of one wake-up (half a round trip) with the two threads on
 /// `a` and `b`.
 fn sample(a: usize, b: usize, trips: u32) -> Result<Duration> {
+    // Both CPUs must be usable before the echo thread starts: one that
+    // failed to pin would leave this thread waiting for a pong forever.
+    pin(b)?;
+    pin(a)?;
     let ping = EventFd::new(0).context("eventfd")?;
     let pong = EventFd::new(0).context("eventfd")?;
     let (ping2, pong2) = (
@@ -74,9 +78,8 @@ fn sample(a: usize, b: usize, trips: u32) -> Result<Duration> {
         }
         Ok(())
     });
-    // The caller's own affinity is restored by running each sample on a
-    // fresh thread (see `measure`).
-    pin(a)?;
+    // Each sample runs on a fresh thread (see `measure`), so the caller's
+    // own affinity is untouched.
     // The echo thread may still be migrating: the first trips are warm-up.
     let warm = trips / 10;
     let mut start = Instant::now();
