@@ -447,16 +447,6 @@ pub fn render(recs: &[Record], machine: &str, old: &str, command: &str, plot: &s
 mod tests {
     use super::*;
 
-    fn rec(line: &str) -> Record {
-        let mut it = line.split_whitespace();
-        let kind = it.next().unwrap_or_default().to_string();
-        let f = it
-            .filter_map(|t| t.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Record { kind, f }
-    }
-
     #[test]
     fn per_round_pairs_rounds_not_medians() {
         // The disk halves its speed in round 2: both contenders see it, so
@@ -472,7 +462,7 @@ mod tests {
             "blk contender=splitvm-blk wl=w run=4 iops=1",
         ]
         .iter()
-        .map(|l| rec(l))
+        .filter_map(|l| crate::parse_line(l))
         .collect();
         let rounds = blk_rounds(&recs);
         let r = per_round(&rounds, "splitvm-blk", "fio", "w");
