@@ -19,9 +19,23 @@ use splitvm_tests::hostile::blk::spawn_blk;
 use splitvm_tests::proc::ChildGuard;
 use splitvm_tests::wait::wait_for;
 
-/// Runs blkgen against `sock` and returns its requests completed.
-fn blkgen(sock: &std::path::Path, rw: &str, qd: &str) -> u64 {
-    let mut cmd = Command::new(bin_path("blkgen"));
+/// Runs blkgen against `sock` (under `prefix`, say `taskset -c 0`, with
+/// `extra` arguments) and returns its `BLKGEN` line.
+fn blkgen_kv(
+    prefix: &[&str],
+    sock: &std::path::Path,
+    rw: &str,
+    qd: &str,
+    extra: &[&str],
+) -> String {
+    let mut cmd = match prefix.split_first() {
+        Some((p, rest)) => {
+            let mut c = Command::new(p);
+            c.args(rest).arg(bin_path("blkgen"));
+            c
+        }
+        None => Command::new(bin_path("blkgen")),
+    };
     cmd.arg("--socket")
         .arg(sock)
         .args(["--rw", rw, "--qd", qd, "--bs", "4096"])
@@ -33,7 +47,8 @@ fn blkgen(sock: &std::path::Path, rw: &str, qd: &str) -> u64 {
             "--stall-secs",
             "3",
             "--kv",
-        ]);
+        ])
+        .args(extra);
     let g = ChildGuard::spawn("blkgen", cmd);
     let (st, lines) = g.finish(Duration::from_secs(60));
     assert!(
@@ -41,14 +56,24 @@ fn blkgen(sock: &std::path::Path, rw: &str, qd: &str) -> u64 {
         "blkgen {rw} qd {qd}: {st}\n{}",
         lines.join("\n")
     );
-    let kv = lines
+    lines
         .iter()
         .find(|l| l.starts_with("BLKGEN "))
-        .unwrap_or_else(|| panic!("no BLKGEN line:\n{}", lines.join("\n")));
+        .cloned()
+        .unwrap_or_else(|| panic!("no BLKGEN line:\n{}", lines.join("\n")))
+}
+
+/// Field `key` of a `BLKGEN` line.
+fn field(kv: &str, key: &str) -> u64 {
     kv.split_whitespace()
-        .find_map(|f| f.strip_prefix("requests="))
+        .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no requests= in {kv}"))
+        .unwrap_or_else(|| panic!("no {key}= in {kv}"))
+}
+
+/// Runs blkgen against `sock` and returns its requests completed.
+fn blkgen(sock: &std::path::Path, rw: &str, qd: &str) -> u64 {
+    field(&blkgen_kv(&[], sock, rw, qd, &[]), "requests")
 }
 
 #[test]
@@ -74,5 +99,46 @@ fn blk_direct_under_libblkio_never_loses_a_request() {
             "{rw} qd {qd}: only {n} requests in 2 s\n{}",
             backend.dump()
         );
+    }
+}
+
+/// `blkgen --watch-pid` (the bench's placement table) tells a backend on
+/// blkgen's CPU from one on the other CPU: both pinned with `taskset`.
+#[test]
+fn blkgen_placement_record_tells_one_cpu_from_two() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: needs two CPUs, this machine has {cpus}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    fs::write(&img, vec![0x5a; 8 << 20]).unwrap();
+    let (backend, sock) = spawn_blk(dir.path(), &img, &["--direct"]);
+    wait_for("splitvm-blk socket", Duration::from_secs(10), || {
+        sock.exists().then_some(())
+    });
+    let pid = backend.pid().to_string();
+    let pin_backend = |cpu: &str| {
+        // -a: every thread, the queue workers started later included
+        // (they inherit the mask of the thread that spawns them).
+        let st = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpu, &pid])
+            .output()
+            .expect("taskset");
+        assert!(st.status.success(), "taskset: {st:?}");
+    };
+    let watch = ["--watch-pid", pid.as_str()];
+    for (backend_cpu, want_same) in [("0", true), ("1", false)] {
+        pin_backend(backend_cpu);
+        let kv = blkgen_kv(&["taskset", "-c", "0"], &sock, "randread", "1", &watch);
+        let samples = field(&kv, "placement_samples");
+        let same = field(&kv, "same_cpu_pct");
+        assert!(samples >= 50, "{kv}\n{}", backend.dump());
+        if want_same {
+            assert_eq!(same, 100, "backend on blkgen's CPU: {kv}");
+        } else {
+            assert_eq!(same, 0, "backend on the other CPU: {kv}");
+        }
     }
 }

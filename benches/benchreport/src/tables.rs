@@ -184,6 +184,9 @@ fn blk_section(recs: &[Record]) -> Option<String> {
         }
         let _ = writeln!(s, "{row}");
     }
+    if let Some(t) = placement_table(recs, &wls, &cons) {
+        s.push_str(&t);
+    }
     let _ = writeln!(
         s,
         "\nTargets of issue 9 (splitvm-blk): at least 0.9× fio, never below qsd, \
@@ -236,6 +239,53 @@ fn blk_section(recs: &[Record]) -> Option<String> {
             sv.p99,
             q.p99
         );
+    }
+    Some(s)
+}
+
+/// Where blkgen ran against each vhost-user backend (the records'
+/// `same_cpu_pct`, from `blkgen --watch-pid`): median over the rounds,
+/// with the smallest and largest round. `None` when no record has it.
+fn placement_table(recs: &[Record], wls: &[String], cons: &[String]) -> Option<String> {
+    let mut by: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    for r in recs.iter().filter(|r| r.kind == "blk") {
+        if let Some(p) = r.n("same_cpu_pct") {
+            by.entry((r.s("contender"), r.s("wl"))).or_default().push(p);
+        }
+    }
+    if by.is_empty() {
+        return None;
+    }
+    let cons: Vec<&String> = cons
+        .iter()
+        .filter(|c| by.keys().any(|(k, _)| k == c))
+        .collect();
+    let mut s = String::from(
+        "\nPlacement: in how many of blkgen's 10 ms samples it was on the same CPU as the \
+         backend thread that ran most since the previous sample (median of the rounds, \
+         smallest–largest round). On one CPU a completion's wake-up is local; across \
+         CPUs it costs the cross-CPU figure of \"one wake-up\" above.\n\n| workload |",
+    );
+    let mut rule = "| --- |".to_string();
+    for c in &cons {
+        let _ = write!(s, " {} |", label(c));
+        rule.push_str(" ---: |");
+    }
+    let _ = writeln!(s, "\n{rule}");
+    for w in wls {
+        let mut row = format!("| {w} |");
+        for c in &cons {
+            match by.get(&(c.as_str(), w.as_str())) {
+                Some(v) => {
+                    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let m = median(v.clone()).unwrap_or(0.0);
+                    let _ = write!(row, " {m:.0}% ({lo:.0}–{hi:.0}) |");
+                }
+                None => row.push_str(" – |"),
+            }
+        }
+        let _ = writeln!(s, "{row}");
     }
     Some(s)
 }
@@ -468,5 +518,25 @@ mod tests {
         let r = per_round(&rounds, "splitvm-blk", "fio", "w");
         assert_eq!(r, Some(0.9));
         assert_eq!(per_round(&rounds, "splitvm-blk", "qsd", "w"), None);
+    }
+
+    #[test]
+    fn placement_table_gives_median_and_range_per_contender() {
+        let recs: Vec<Record> = [
+            "blk contender=splitvm-blk wl=w run=1 iops=9 same_cpu_pct=0",
+            "blk contender=splitvm-blk wl=w run=2 iops=9 same_cpu_pct=80",
+            "blk contender=splitvm-blk wl=w run=3 iops=9 same_cpu_pct=10",
+            "blk contender=qsd wl=w run=1 iops=9 same_cpu_pct=100",
+            // fio has no placement record: no column.
+            "blk contender=fio wl=w run=1 iops=9",
+        ]
+        .iter()
+        .filter_map(|l| crate::parse_line(l))
+        .collect();
+        let (wls, cons, _) = blk_medians(&recs);
+        let t = placement_table(&recs, &wls, &cons).unwrap();
+        assert!(t.contains("| splitvm-blk | qemu-storage-daemon |\n"), "{t}");
+        assert!(t.contains("| w | 10% (0–80) | 100% (100–100) |"), "{t}");
+        assert!(placement_table(&recs[4..], &wls, &cons).is_none());
     }
 }

@@ -3,7 +3,11 @@
 //! keeps `--qd` requests of `--bs` bytes in flight at random aligned offsets
 //! (or sequential) offsets for `--seconds`, and prints one line: IOPS,
 //! bandwidth and p50/p99/p99.9 latency; with `--kv` also one
-//! `BLKGEN key=value ...` line for scripts (`scripts/bench`).
+//! `BLKGEN key=value ...` line for scripts (`scripts/bench`). With
+//! `--watch-pid` it also records where it and the backend ran
+//! ([`placement`]).
+
+mod placement;
 
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
@@ -61,6 +65,10 @@ struct Args {
     /// a backend that lost a request fails the run instead of hanging it.
     #[arg(long, default_value_t = 10.0)]
     stall_secs: f64,
+    /// The backend's process id: sample, during the measured window, whether
+    /// blkgen and the backend's busiest thread run on one CPU.
+    #[arg(long)]
+    watch_pid: Option<u32>,
 }
 
 /// xorshift64*: reproducible offsets without a dependency.
@@ -142,6 +150,11 @@ fn main() -> Result<()> {
     let warm_until = Instant::now() + Duration::from_secs_f64(a.warmup.max(0.0));
     let end = warm_until + Duration::from_secs_f64(a.seconds.max(0.01));
     let mut lat_us: Vec<u32> = Vec::with_capacity(1 << 20);
+    let sampler = a
+        .watch_pid
+        .map(|pid| placement::Sampler::start(pid, warm_until))
+        .transpose()
+        .context("placement sampler")?;
     let mut measured_start = None;
     let mut done = 0u64;
     let stall = Duration::from_secs_f64(a.stall_secs.max(0.001));
@@ -183,6 +196,7 @@ fn main() -> Result<()> {
         .map(|s| Instant::now().duration_since(s).as_secs_f64())
         .unwrap_or(0.0)
         .max(1e-9);
+    let placement = sampler.map(placement::Sampler::finish);
     lat_us.sort_unstable();
     let iops = done as f64 / secs;
     let mib_s = iops * a.bs as f64 / f64::from(1 << 20);
@@ -197,10 +211,25 @@ fn main() -> Result<()> {
          p99.9 {p999} us ({done} requests in {secs:.2} s)",
         a.label, a.bs, a.qd,
     );
+    if let Some(p) = placement {
+        println!(
+            "{}: same CPU as the backend in {:.0}% of {} samples",
+            a.label,
+            p.same_cpu_pct(),
+            p.samples
+        );
+    }
     if a.kv {
+        let place = placement.map_or(String::new(), |p| {
+            format!(
+                " same_cpu_pct={:.0} placement_samples={}",
+                p.same_cpu_pct(),
+                p.samples
+            )
+        });
         println!(
             "BLKGEN label={} rw={rw} bs={} qd={} iops={iops:.0} mib_s={mib_s:.1} \
-             p50_us={p50} p99_us={p99} p999_us={p999} requests={done}",
+             p50_us={p50} p99_us={p99} p999_us={p999} requests={done}{place}",
             a.label, a.bs, a.qd,
         );
     }
