@@ -19,5 +19,6 @@ mod net_cli;
 mod net_dpdk;
 mod net_hostile;
 mod net_qemu;
+mod net_rx_layout;
 mod sandbox;
 mod up;

@@ -22,16 +22,35 @@ pub(crate) struct Seg {
     pub(crate) len: usize,
 }
 
-/// The descriptors of `chain`, all of one direction (`write`).
-pub(crate) fn segments(chain: DescriptorChain<Mem>, write: bool) -> Result<Vec<Seg>, NetError> {
-    let mut v = Vec::new();
+/// Appends the descriptors of `chain`, all of one direction (`write`), to
+/// `out` (a scratch vector the caller reuses: no allocation per packet) and
+/// returns their capacity. On an error `out` is left as it was.
+pub(crate) fn segments(
+    chain: DescriptorChain<Mem>,
+    write: bool,
+    out: &mut Vec<Seg>,
+) -> Result<usize, NetError> {
+    let start = out.len();
+    let r = walk(chain, write, out, start);
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
+
+fn walk(
+    chain: DescriptorChain<Mem>,
+    write: bool,
+    out: &mut Vec<Seg>,
+    start: usize,
+) -> Result<usize, NetError> {
     // `virtio-queue` ends the walk quietly on a loop or a bad `next`; the
     // last descriptor then still says NEXT, and the chain is refused
     // rather than used as far as it could be read.
     let mut cut_short = false;
     for d in chain {
         cut_short = d.has_next();
-        if v.len() >= MAX_SEGS {
+        if out.len() - start >= MAX_SEGS {
             return Err(NetError::BadChain("too many descriptors"));
         }
         if d.is_write_only() != write {
@@ -41,7 +60,7 @@ pub(crate) fn segments(chain: DescriptorChain<Mem>, write: bool) -> Result<Vec<S
                 "device-writable descriptor in a TX chain"
             }));
         }
-        v.push(Seg {
+        out.push(Seg {
             addr: d.addr(),
             len: d.len() as usize,
         });
@@ -51,13 +70,13 @@ pub(crate) fn segments(chain: DescriptorChain<Mem>, write: bool) -> Result<Vec<S
             "chain cut short: a loop or a bad next index",
         ));
     }
-    if capacity(&v) == 0 {
-        return Err(NetError::BadChain("no buffer space"));
+    match capacity(&out[start..]) {
+        0 => Err(NetError::BadChain("no buffer space")),
+        n => Ok(n),
     }
-    Ok(v)
 }
 
-pub(crate) fn capacity(segs: &[Seg]) -> usize {
+fn capacity(segs: &[Seg]) -> usize {
     segs.iter().fold(0usize, |a, s| a.saturating_add(s.len))
 }
 
@@ -166,9 +185,10 @@ impl VhostUserNetBackend {
     ) -> Result<Rx, NetError> {
         let hdr_len = net::hdr_len(self.acked());
         let mrg = self.has(net::F_MRG_RXBUF);
-        let frame_len = len - HDR_LEN;
-        let need = hdr_len + frame_len;
-        let mut chains: Vec<(u16, Vec<Seg>)> = Vec::new();
+        let need = hdr_len + (len - HDR_LEN);
+        // The chains taken (head, end of its descriptors in `segs`).
+        pair.segs.clear();
+        pair.chains.clear();
         let mut have = 0usize;
         let mut skipped_bad = false;
         let mut q = vring.get_mut();
@@ -176,14 +196,14 @@ impl VhostUserNetBackend {
         while have < need {
             let Some(chain) = queue.pop_descriptor_chain(mem.clone()) else {
                 if !skipped_bad {
-                    for _ in 0..chains.len() {
+                    for _ in 0..pair.chains.len() {
                         queue.go_to_previous_position();
                     }
                     return Ok(Rx::NoBuffers);
                 }
                 // A bad chain sits between these and the ring's end: they
                 // cannot be given back, so they are returned unused.
-                for (head, _) in &chains {
+                for (head, _) in &pair.chains {
                     if let Err(e) = queue.add_used(&**mem, *head, 0) {
                         warn!("add_used({head}): {e}");
                     }
@@ -193,8 +213,8 @@ impl VhostUserNetBackend {
                 ));
             };
             let head = chain.head_index();
-            let segs = match segments(chain, true) {
-                Ok(s) => s,
+            let cap = match segments(chain, true, &mut pair.segs) {
+                Ok(n) => n,
                 Err(e) => {
                     // The bad chain goes back unused; keep looking.
                     if let Err(e) = queue.add_used(&**mem, head, 0) {
@@ -206,7 +226,7 @@ impl VhostUserNetBackend {
                     continue;
                 }
             };
-            have = have.saturating_add(capacity(&segs));
+            have = have.saturating_add(cap);
             if !mrg && have < need {
                 // Without merged buffers a frame takes one chain: this one
                 // goes back unused and the frame is dropped.
@@ -215,20 +235,25 @@ impl VhostUserNetBackend {
                 }
                 return Err(NetError::RxBufferTooSmall { have, need });
             }
-            chains.push((head, segs));
+            pair.chains.push((head, pair.segs.len()));
         }
         drop(q);
-        let n = u16::try_from(chains.len()).unwrap_or(u16::MAX);
-        pair.out.clear();
-        pair.out.extend_from_slice(&pair.rx[..HDR_LEN]);
-        pair.out[10..12].copy_from_slice(&n.to_le_bytes());
-        pair.out.truncate(hdr_len);
-        pair.out.extend_from_slice(&pair.rx[HDR_LEN..len]);
-        let mut off = 0;
+        // The guest's header goes right before the frame in `rx`, so header
+        // and frame are one slice and reach the guest in one copy: the
+        // tap's 12-byte header gets the buffer count and, when the guest's
+        // header is the 10-byte one (no num_buffers), moves up by 2.
+        let n = u16::try_from(pair.chains.len()).unwrap_or(u16::MAX);
+        pair.rx[10..12].copy_from_slice(&n.to_le_bytes());
+        let start = HDR_LEN - hdr_len;
+        pair.rx.copy_within(..hdr_len, start);
+        let data = &pair.rx[start..len];
+        let (mut off, mut from) = (0, 0);
         let mut err = None;
-        for (head, segs) in &chains {
-            let wrote = if err.is_none() && off < pair.out.len() {
-                match scatter(mem, segs, &pair.out[off..]) {
+        for &(head, end) in &pair.chains {
+            let segs = pair.segs.get(from..end).unwrap_or_default();
+            from = end;
+            let wrote = if err.is_none() && off < data.len() {
+                match scatter(mem, segs, &data[off..]) {
                     Ok(w) => w,
                     Err(e) => {
                         err = Some(e);
@@ -239,7 +264,7 @@ impl VhostUserNetBackend {
                 0
             };
             off += wrote;
-            Self::add_used(vring, *head, u32::try_from(wrote).unwrap_or(u32::MAX));
+            Self::add_used(vring, head, u32::try_from(wrote).unwrap_or(u32::MAX));
         }
         match err {
             Some(e) => Err(e),

@@ -32,7 +32,7 @@ use splitvm_backends::proxy::Intercept;
 use crate::backend_req::NetIntercept;
 use crate::device::{feature_names, NetDevice, RateLimit};
 use crate::net::{self, ctrl, Counters, CtrlCmd, NetError, VnetHdr, HDR_LEN, MAX_FRAME};
-use crate::rx::{capacity, segments};
+use crate::rx::{segments, Seg};
 use crate::tap::Tap;
 
 pub(crate) use splitvm_backends::avail::Mem;
@@ -52,8 +52,14 @@ pub(crate) struct Pair {
     pub(crate) pending: Option<usize>,
     /// Since when the guest has had no RX buffer for `pending`.
     pub(crate) starved_since: Option<Instant>,
-    /// Scratch for the bytes handed to the guest / the tap.
+    /// Scratch for the bytes handed to the tap.
     pub(crate) out: Vec<u8>,
+    /// Scratch for the descriptors of the chains one packet uses (no
+    /// allocation per packet).
+    pub(crate) segs: Vec<Seg>,
+    /// Scratch for the RX chains one frame takes: head, and the end of its
+    /// descriptors in `segs`.
+    pub(crate) chains: Vec<(u16, usize)>,
     /// Queue detached from a multiqueue tap (its RX ring is disabled).
     pub(crate) detached: bool,
 }
@@ -92,6 +98,8 @@ impl VhostUserNetBackend {
                     pending: None,
                     starved_since: None,
                     out: Vec::with_capacity(HDR_LEN + MAX_FRAME),
+                    segs: Vec::new(),
+                    chains: Vec::new(),
                     detached: false,
                 })
             })
@@ -178,13 +186,14 @@ impl VhostUserNetBackend {
         else {
             return;
         };
-        let mut pair = lock(pair);
+        let mut guard = lock(pair);
+        let pair = &mut *guard;
         let event_idx = self.inner.event_idx.load(Ordering::Relaxed);
         let mut used = false;
         avail::rounds(vring, event_idx, || {
             while let Some(chain) = avail::pop(vring, &mem) {
                 let head = chain.head_index();
-                if let Err(e) = self.tx_one(tap, &mem, &mut pair.out, chain) {
+                if let Err(e) = self.tx_one(tap, &mem, &mut pair.out, &mut pair.segs, chain) {
                     Counters::bump(&dev.counters.tx_bad);
                     metrics::counters().failed();
                     self.guest_warn(&format!("queue {}: TX packet dropped", 2 * p + 1), &e);
@@ -204,11 +213,12 @@ impl VhostUserNetBackend {
         tap: &Tap,
         mem: &Mem,
         out: &mut Vec<u8>,
+        segs: &mut Vec<Seg>,
         chain: DescriptorChain<Mem>,
     ) -> Result<(), NetError> {
         let dev = &self.inner.dev;
-        let segs = segments(chain, false)?;
-        let total = capacity(&segs);
+        segs.clear();
+        let total = segments(chain, false, segs)?;
         let hdr_len = net::hdr_len(self.acked());
         if total < hdr_len {
             return Err(NetError::ShortHeader(total));
@@ -219,7 +229,7 @@ impl VhostUserNetBackend {
         out.clear();
         out.resize(total, 0);
         let mut off = 0;
-        for s in &segs {
+        for s in segs.iter() {
             mem.read_slice(&mut out[off..off + s.len], s.addr)
                 .map_err(|_| NetError::BadChain("TX buffer outside guest memory"))?;
             off += s.len;
