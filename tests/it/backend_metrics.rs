@@ -11,7 +11,7 @@ use std::time::Duration;
 use splitvm_tests::hostile::blk::{spawn_blk, BlkDev, S_IOERR, S_OK};
 use splitvm_tests::hostile::input::{spawn_profile, EventClient, InputDev};
 use splitvm_tests::hostile::net::{
-    is_test_frame, plain_hdr, spawn_net, test_frame, NetDev, NetNs, PacketSocket,
+    is_test_frame, plain_hdr, spawn_net_up, test_frame, NetDev, NetNs, PacketSocket,
 };
 use splitvm_tests::hostile::Setup;
 use splitvm_tests::proc::ChildGuard;
@@ -146,11 +146,7 @@ fn backend_metrics_blk_metrics_socket_flag() {
 fn backend_metrics_net_counts_frames_without_the_header() {
     let dir = tempfile::tempdir().unwrap();
     let ns = NetNs::new("m");
-    let (child, sock) = spawn_net(dir.path(), &ns, "tap0", &["--mtu", "1400"]);
-    wait_for("tap0 in the namespace", T, || {
-        ns.has_link("tap0").then_some(())
-    });
-    ns.exec(&["ip", "link", "set", "tap0", "up"]);
+    let (child, sock) = spawn_net_up(dir.path(), &ns, "tap0", &["--mtu", "1400"]);
     let wire = PacketSocket::open(&ns, "tap0");
     let mut dev = NetDev::connect(&sock, NetDev::setup());
     assert_eq!(counters(&sock), zero());

@@ -11,8 +11,8 @@ use std::time::Duration;
 use splitvm_tests::hostile::cases::{run_malformed_chains, Device};
 use splitvm_tests::hostile::msg::{run_message_cases, Verdict};
 use splitvm_tests::hostile::net::{
-    eth_frame, hdr, is_test_frame, plain_hdr, spawn_net, test_frame, NetDev, NetNs, PacketSocket,
-    CTRLQ, F_MRG_RXBUF, HDR_LEN, TXQ,
+    eth_frame, hdr, is_test_frame, plain_hdr, spawn_net_up, test_frame, NetDev, NetNs,
+    PacketSocket, CTRLQ, F_MRG_RXBUF, HDR_LEN, TXQ,
 };
 use splitvm_tests::hostile::{
     within, Desc, HostileFrontend, Setup, EVENT_IDX, F_INDIRECT, F_NEXT, F_WRITE,
@@ -48,11 +48,8 @@ fn fixture_with(setup: Setup, extra: &[&str]) -> Fx {
         "256",
     ];
     args.extend_from_slice(extra);
-    let (child, sock) = spawn_net(dir.path(), &ns, "tap0", &args);
-    wait_for("tap0 in the namespace", T, || {
-        ns.has_link("tap0").then_some(())
-    });
-    ns.exec(&["ip", "link", "set", "tap0", "mtu", "9000", "up"]);
+    let (child, sock) = spawn_net_up(dir.path(), &ns, "tap0", &args);
+    ns.exec(&["ip", "link", "set", "tap0", "mtu", "9000"]);
     let wire = PacketSocket::open(&ns, "tap0");
     let dev = NetDev::connect(&sock, setup);
     Fx {

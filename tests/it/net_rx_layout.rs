@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use splitvm_tests::hostile::net::{
-    spawn_net, test_frame, NetDev, NetNs, PacketSocket, F_MRG_RXBUF,
+    spawn_net_up, test_frame, NetDev, NetNs, PacketSocket, F_MRG_RXBUF,
 };
 use splitvm_tests::hostile::{Desc, Setup, F_NEXT, F_WRITE, VERSION_1};
 use splitvm_tests::wait::wait_for;
@@ -17,11 +17,7 @@ const T: Duration = Duration::from_secs(5);
 fn rx_layout(features: u64, hdr_len: usize) {
     let dir = tempfile::tempdir().unwrap();
     let ns = NetNs::new("l");
-    let (_child, sock) = spawn_net(dir.path(), &ns, "tap0", &["--queue-size", "256"]);
-    wait_for("tap0 in the namespace", T, || {
-        ns.has_link("tap0").then_some(())
-    });
-    ns.exec(&["ip", "link", "set", "tap0", "up"]);
+    let (_child, sock) = spawn_net_up(dir.path(), &ns, "tap0", &["--queue-size", "256"]);
     let wire = PacketSocket::open(&ns, "tap0");
     let setup = Setup {
         features,

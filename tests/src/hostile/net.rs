@@ -119,6 +119,19 @@ pub fn spawn_net(dir: &Path, ns: &NetNs, tap: &str, extra: &[&str]) -> (ChildGua
     (ChildGuard::spawn("splitvm-net", cmd), sock)
 }
 
+/// [`spawn_net`], then waits (5 s at most) for the tap to appear in `ns`
+/// and brings it up.
+pub fn spawn_net_up(dir: &Path, ns: &NetNs, tap: &str, extra: &[&str]) -> (ChildGuard, PathBuf) {
+    let (child, sock) = spawn_net(dir, ns, tap, extra);
+    crate::wait::wait_for(
+        &format!("{tap} in the namespace"),
+        Duration::from_secs(5),
+        || ns.has_link(tap).then_some(()),
+    );
+    ns.exec(&["ip", "link", "set", tap, "up"]);
+    (child, sock)
+}
+
 /// An Ethernet frame.
 pub fn eth_frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(14 + payload.len());
