@@ -76,16 +76,23 @@ fn blkgen(sock: &std::path::Path, rw: &str, qd: &str) -> u64 {
     field(&blkgen_kv(&[], sock, rw, qd, &[]), "requests")
 }
 
-#[test]
-fn blk_direct_under_libblkio_never_loses_a_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("disk.img");
+/// splitvm-blk `--direct` on a `mib` MiB image in `dir`, once its socket
+/// is there.
+fn direct_backend(dir: &std::path::Path, mib: usize) -> (ChildGuard, std::path::PathBuf) {
+    let img = dir.join("disk.img");
     // Written, not sparse: direct reads then reach real blocks.
-    fs::write(&img, vec![0x5a; 32 << 20]).unwrap();
-    let (backend, sock) = spawn_blk(dir.path(), &img, &["--direct"]);
+    fs::write(&img, vec![0x5a; mib << 20]).unwrap();
+    let (backend, sock) = spawn_blk(dir, &img, &["--direct"]);
     wait_for("splitvm-blk socket", Duration::from_secs(10), || {
         sock.exists().then_some(())
     });
+    (backend, sock)
+}
+
+#[test]
+fn blk_direct_under_libblkio_never_loses_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, sock) = direct_backend(dir.path(), 32);
     for (rw, qd) in [
         ("randread", "1"),
         ("randwrite", "1"),
@@ -112,12 +119,7 @@ fn blkgen_placement_record_tells_one_cpu_from_two() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("disk.img");
-    fs::write(&img, vec![0x5a; 8 << 20]).unwrap();
-    let (backend, sock) = spawn_blk(dir.path(), &img, &["--direct"]);
-    wait_for("splitvm-blk socket", Duration::from_secs(10), || {
-        sock.exists().then_some(())
-    });
+    let (backend, sock) = direct_backend(dir.path(), 8);
     let pid = backend.pid().to_string();
     let pin_backend = |cpu: &str| {
         // -a: every thread, the queue workers started later included
