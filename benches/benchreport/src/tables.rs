@@ -101,6 +101,22 @@ pub fn label(c: &str) -> &str {
     }
 }
 
+/// Header and rule lines of a table: the workload, one column per
+/// contender, then the `extra` columns, all but the first right-aligned.
+fn table_head<S: AsRef<str>>(cons: &[S], extra: &[&str]) -> String {
+    let mut head = "| workload |".to_string();
+    let mut rule = "| --- |".to_string();
+    for c in cons
+        .iter()
+        .map(|c| label(c.as_ref()))
+        .chain(extra.iter().copied())
+    {
+        let _ = write!(head, " {c} |");
+        rule.push_str(" ---: |");
+    }
+    format!("{head}\n{rule}\n")
+}
+
 fn ratio(a: Option<&Med>, b: Option<&Med>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b.iops > 0.0 => format!("{:.2}×", a.iops / b.iops),
@@ -130,15 +146,7 @@ fn blk_section(recs: &[Record]) -> Option<String> {
         "Medians of {runs}+ runs per cell (contenders alternate within every run). \
          IOPS, with MiB/s for the 128 KiB rows.\n"
     );
-    let mut head = "| workload |".to_string();
-    let mut rule = "| --- |".to_string();
-    for c in &cons {
-        let _ = write!(head, " {} |", label(c));
-        rule.push_str(" ---: |");
-    }
-    head.push_str(" splitvm/qsd | splitvm/fio |");
-    rule.push_str(" ---: | ---: |");
-    let _ = writeln!(s, "{head}\n{rule}");
+    s.push_str(&table_head(&cons, &["splitvm/qsd", "splitvm/fio"]));
     for w in &wls {
         let mut row = format!("| {w} |");
         for c in &cons {
@@ -165,13 +173,7 @@ fn blk_section(recs: &[Record]) -> Option<String> {
         s,
         "\nLatency in µs, p50 / p99 / p99.9 (blkgen: submit to completion seen; fio: clat).\n"
     );
-    let mut head = "| workload |".to_string();
-    let mut rule = "| --- |".to_string();
-    for c in &cons {
-        let _ = write!(head, " {} |", label(c));
-        rule.push_str(" ---: |");
-    }
-    let _ = writeln!(s, "{head}\n{rule}");
+    s.push_str(&table_head(&cons, &[]));
     for w in &wls {
         let mut row = format!("| {w} |");
         for c in &cons {
@@ -264,14 +266,9 @@ fn placement_table(recs: &[Record], wls: &[String], cons: &[String]) -> Option<S
         "\nPlacement: in how many of blkgen's 10 ms samples it was on the same CPU as the \
          backend thread that ran most since the previous sample (median of the rounds, \
          smallest–largest round). On one CPU a completion's wake-up is local; across \
-         CPUs it costs the cross-CPU figure of \"one wake-up\" above.\n\n| workload |",
+         CPUs it costs the cross-CPU figure of \"one wake-up\" above.\n\n",
     );
-    let mut rule = "| --- |".to_string();
-    for c in &cons {
-        let _ = write!(s, " {} |", label(c));
-        rule.push_str(" ---: |");
-    }
-    let _ = writeln!(s, "\n{rule}");
+    s.push_str(&table_head(&cons, &[]));
     for w in wls {
         let mut row = format!("| {w} |");
         for c in &cons {
